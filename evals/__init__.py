@@ -1,0 +1,1 @@
+"""Evaluation with the serving engine, the release gate, and the release ledger."""
