@@ -21,7 +21,9 @@ from schemas.fileio import atomic_write_text
 class Release(BaseModel):
     """A run made live for its schema. `release_id` is content-addressed: schema + adapter hash."""
 
-    release_id: str = Field(description="<schema>-<adapter sha256[:12]>: the name the engine serves it under.")
+    release_id: str = Field(
+        description="<schema>-<adapter sha256[:12]>: the name the engine serves it under."
+    )
     schema_name: str
     schema_version: str
     run_id: str
@@ -114,7 +116,9 @@ def rollback(root: Path, schema_name: str) -> Release:
     with FileLock(str(_path(root, schema_name)) + ".lock"):
         stack = live_stack(read_events(root, schema_name))
         if len(stack) < 2:
-            raise LedgerError(f"{schema_name}: no earlier release to roll back to ({len(stack)} live in history)")
+            raise LedgerError(
+                f"{schema_name}: no earlier release to roll back to ({len(stack)} live in history)"
+            )
         previous = stack[-2]
         _append(root, schema_name, LedgerEvent(event="rollback", release=previous, at=_now()))
     return previous

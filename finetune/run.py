@@ -50,7 +50,9 @@ class RunManifest(BaseModel):
     base_model: BaseModelRef
     prompt_hash: str
     config: dict[str, Any]
-    adapter_sha256: str | None = Field(default=None, description="sha256 of adapter/adapter_model.safetensors.")
+    adapter_sha256: str | None = Field(
+        default=None, description="sha256 of adapter/adapter_model.safetensors."
+    )
     metrics: dict[str, Any] = Field(default_factory=dict)
     tokens_per_s: float | None = None
     wall_s: float | None = None
