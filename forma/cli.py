@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from forma.commands import models, pending
+from forma.commands import evals, models, schemas, ship, train
+from forma.commands.serve import serve
 
 app = typer.Typer(
     name="forma",
@@ -16,7 +17,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models")
-pending.attach(app)
+app.add_typer(schemas.app, name="schemas")
+app.command("register")(schemas.register)
+app.command("generate")(schemas.generate)
+train.attach(app)
+evals.attach(app)
+ship.attach(app)
+app.command("serve")(serve)
 
 
 def main() -> None:

@@ -15,9 +15,3 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """End a verb with a readable message on stderr and a non-zero exit status."""
     errors.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
-
-
-def absent(verb: str, issue: int) -> NoReturn:
-    """A verb whose issue has not landed: say so plainly, do nothing, exit 2 (never fake success)."""
-    errors.print(f"forma {verb}: not built yet (tracked in issue #{issue}); nothing was done.")
-    raise typer.Exit(2)

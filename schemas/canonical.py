@@ -22,7 +22,7 @@ def schema_hash(schema: Schema) -> str:
     return hashlib.sha256(canonical_schema_json(schema).encode()).hexdigest()
 
 
-def _resolve(node: Any, root: Schema, depth: int = 0) -> Schema:
+def resolve_ref(node: Any, root: Schema, depth: int = 0) -> Schema:
     """Follow local `#/...` refs (bounded: recursive schemas stop resolving rather than loop)."""
     while (
         isinstance(node, dict)
@@ -38,9 +38,12 @@ def _resolve(node: Any, root: Schema, depth: int = 0) -> Schema:
     return node if isinstance(node, dict) else {}
 
 
+_resolve = resolve_ref  # the older private name
+
+
 def _properties(node: Schema, root: Schema) -> dict[str, Any]:
     """Declared properties of an object schema, including those of allOf/anyOf/oneOf branches, in order."""
-    node = _resolve(node, root)
+    node = resolve_ref(node, root)
     props: dict[str, Any] = dict(node.get("properties", {}) or {})
     for key in ("allOf", "anyOf", "oneOf"):
         for branch in node.get(key, []) or []:
@@ -50,7 +53,7 @@ def _properties(node: Schema, root: Schema) -> dict[str, Any]:
 
 
 def _items(node: Schema, root: Schema) -> Any:
-    node = _resolve(node, root)
+    node = resolve_ref(node, root)
     items = node.get("items", {})
     return items if isinstance(items, dict) else {}
 

@@ -1,0 +1,1 @@
+"""The example schemas that ship with forma (`forma register NAME --example`)."""

@@ -1,0 +1,1 @@
+"""One router per resource: extract, openai (chat completions + models), schemas, health, admin."""

@@ -1,0 +1,65 @@
+"""Gateway settings: one typed record, read once at startup (never at import), every field `FORMA_SERVE_*`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]  # the ranks vLLM 0.32 accepts for --max-lora-rank
+
+
+class ServeSettings(BaseSettings):
+    """How `forma serve` runs. The CLI fills the paths from forma's layout; tests pass them directly."""
+
+    model_config = SettingsConfigDict(env_prefix="FORMA_SERVE_", extra="forbid")
+
+    schemas_root: Path = Field(description="The schema registry folder (layout().schemas).")
+    runs_root: Path = Field(description="Training runs folder (layout().runs).")
+    releases_root: Path = Field(description="The release ledger folder (layout().releases).")
+    base_model: Path | None = Field(
+        default=None, description="Base model folder the child engine serves; unused with engine_url."
+    )
+    base_model_sha256: str | None = Field(
+        default=None,
+        description="Content hash of the engine's base model: releases trained on another are refused.",
+    )
+    host: str = Field(default="127.0.0.1", description="Gateway bind address.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Gateway port.")
+    engine_url: str | None = Field(
+        default=None, description="An existing vLLM OpenAI server to use instead of starting a child engine."
+    )
+    engine_port: int = Field(
+        default=0, ge=0, le=65535, description="Child engine port on 127.0.0.1; 0 picks one."
+    )
+    engine_log: Path | None = Field(default=None, description="Where the child engine's output goes.")
+    max_loras: int = Field(default=4, ge=1, description="Adapters batched together in the engine at once.")
+    max_lora_rank: LoraRank = Field(default=16, description="Largest LoRA rank the engine accepts.")
+    max_cpu_loras: int = Field(
+        default=16, ge=1, description="Adapters cached in host memory; more load on demand."
+    )
+    max_model_len: int = Field(default=2048, ge=128, description="Engine context length (prompt + output).")
+    max_tokens: int = Field(default=256, ge=1, description="Cap on generated tokens; always sent explicitly.")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body; more -> 413.")
+    max_text_chars: int = Field(default=20_000, ge=1, description="Largest input text; more -> 413.")
+    max_batch: int = Field(default=64, ge=1, description="Most texts in one batch request; more -> 413.")
+    max_in_flight: int = Field(default=64, ge=1, description="Requests admitted at once; more -> 429.")
+    request_timeout_s: float = Field(default=60.0, gt=0, description="Per-request deadline; past it -> 504.")
+    engine_start_timeout_s: float = Field(default=300.0, gt=0, description="How long startup waits for vLLM.")
+    engine_check_s: float = Field(default=1.0, gt=0, description="How often the engine's health is checked.")
+    ledger_poll_s: float = Field(default=2.0, gt=0, description="How often the release ledger is checked.")
+    drain_timeout_s: int = Field(
+        default=30, ge=0, description="How long SIGTERM waits for in-flight requests."
+    )
+    api_keys_file: Path | None = Field(default=None, description="JSON file of API keys with their scopes.")
+    api_keys: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("FORMA_API_KEYS", "api_keys"),
+        description="Keys as 'KEY=SCOPE,SCOPE;KEY2=*' (scopes: schema names, '*' for all, 'admin').",
+    )
+    open_access: bool = Field(
+        default=False, description="Run without keys; refused unless the gateway binds to loopback."
+    )
+    log_text: bool = Field(default=False, description="Log request texts (off: logs never carry user text).")
