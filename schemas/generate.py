@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 
 from schemas.errors import PairIssue
-from schemas.pairs import RawPair, check_record
+from schemas.pairs import RawPair, check_record, file_synthetic
 from schemas.realistic import _fake
 from schemas.sampler import Unsampleable, sample
 from schemas.validation import validator_for_schema
@@ -118,8 +118,5 @@ def synthesize(
         template = templates[rng.randrange(len(templates))]
         text = template.render(**render_context(output, rng, vocab))
         checked = check_record({"input": text, "output": output}, schema, label, i)
-        if isinstance(checked, list):
-            issues.extend(checked)
-        else:
-            pairs.append(checked.model_copy(update={"synthetic": True}))
+        file_synthetic(checked, pairs, issues)
     return pairs, issues

@@ -119,6 +119,14 @@ def check_record(
     return RawPair(input=normalise_input(record["input"]), output=record["output"], file=file, line=line)
 
 
+def file_synthetic(checked: RawPair | list[PairIssue], pairs: list[RawPair], issues: list[PairIssue]) -> None:
+    """File one checked generated record: a valid one as a pair marked synthetic, else its issues."""
+    if isinstance(checked, list):
+        issues.extend(checked)
+    else:
+        pairs.append(checked.model_copy(update={"synthetic": True}))
+
+
 def read_pairs(path: Path, schema: dict[str, Any]) -> tuple[list[RawPair], list[PairIssue]]:
     """Every valid pair of a JSONL or CSV file, and a PairIssue for every line that is not."""
     pairs: list[RawPair] = []

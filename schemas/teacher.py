@@ -12,7 +12,7 @@ from typing import Any
 
 from schemas.canonical import canonical_output, canonical_schema_json
 from schemas.errors import PairIssue
-from schemas.pairs import RawPair, check_record
+from schemas.pairs import RawPair, check_record, file_synthetic
 
 WRITE_PROMPT = (
     "Write a short, realistic document (an email, note or message) from which a reader could "
@@ -39,10 +39,7 @@ def teacher_inputs(
         prompt = WRITE_PROMPT.format(output=canonical_output(output, schema))
         text = _chat(client, model, [{"role": "user", "content": prompt}])
         checked = check_record({"input": text, "output": output}, schema, label, i)
-        if isinstance(checked, list):
-            issues.extend(checked)
-        else:
-            pairs.append(checked.model_copy(update={"synthetic": True}))
+        file_synthetic(checked, pairs, issues)
     return pairs, issues
 
 
@@ -74,8 +71,5 @@ def teacher_labels(
             )
             continue
         checked = check_record({"input": text, "output": output}, schema, label, i)
-        if isinstance(checked, list):
-            issues.extend(checked)
-        else:
-            pairs.append(checked.model_copy(update={"synthetic": True}))
+        file_synthetic(checked, pairs, issues)
     return pairs, issues
