@@ -196,11 +196,11 @@ def started_servers(args: argparse.Namespace, home: Path, base_model: Path) -> I
     from serve.settings import ServeSettings
 
     port, gw_port = free_port(), free_port()
-    stub = ServeSettings(
+    engine_settings = ServeSettings(
         schemas_root=home, runs_root=home, releases_root=home, max_loras=args.max_loras, max_cpu_loras=16
     )
     engine = EngineProcess(
-        engine_command(stub, base_model, port), engine_env(dict(os.environ)), home / "engine.log"
+        engine_command(engine_settings, base_model, port), engine_env(dict(os.environ)), home / "engine.log"
     )
     engine_url, url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{gw_port}"
     env = dict(os.environ, FORMA_HOME=str(home), FORMA_MODEL_CACHE=str(base_model.parent))
