@@ -150,7 +150,11 @@ def test_pattern_with_maxlength_goes_to_llguidance_like_vllm(worker: GrammarWork
 
 
 def test_compile_past_the_time_bound_is_killed_and_refused(base_model: Path) -> None:
-    slow = {"type": "object", "properties": {"a": {"type": "string", "minLength": 1000, "maxLength": 50000}}}
+    # ~6 s to compile here (a 1000..50000 range took only 1-2 s: too close to the 1 s bound on a fast machine).
+    slow = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "minLength": 20000, "maxLength": 400000}},
+    }
     with GrammarWorker(base_model, timeout=1.0) as grammar:
         grammar.check({"type": "object"})
         zygote = grammar.process.pid
