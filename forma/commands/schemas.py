@@ -25,6 +25,20 @@ def _tokenizer_path() -> Path:
         fail(escape(str(err)))
 
 
+def _fail_on_refusal(err: Exception) -> None:
+    """End the verb with the registry's own message for a refusal; re-raise anything else (a bug)."""
+    from schemas.errors import RegistryError, SchemaError
+    from schemas.register import StrictFailure
+
+    if isinstance(err, StrictFailure):
+        for issue in err.issues:
+            errors.print(issue.render(), markup=False)
+        fail(f"{len(err.issues)} bad pair(s); --strict: nothing was written")
+    if isinstance(err, SchemaError | RegistryError | OSError):
+        fail(escape(str(err)))
+    raise err
+
+
 def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
     console.print(outcome.report.render(), markup=False)
     problems = [i for i in outcome.issues if i.kind != "duplicate"]
@@ -60,8 +74,7 @@ def register(
     ] = False,
 ) -> None:
     """Register a JSON Schema (and pairs): checked, compiled by the serving grammar backend, versioned."""
-    from schemas.errors import RegistryError, SchemaError
-    from schemas.register import StrictFailure, read_schema_source
+    from schemas.register import read_schema_source
     from schemas.register import register as register_schema
     from schemas.worker import GrammarWorker
 
@@ -92,12 +105,8 @@ def register(
                 strict=strict,
                 source=source,
             )
-    except StrictFailure as err:
-        for issue in err.issues:
-            errors.print(issue.render(), markup=False)
-        fail(f"{len(err.issues)} bad pair(s); --strict: nothing was written")
-    except (SchemaError, RegistryError, OSError) as err:
-        fail(escape(str(err)))
+    except Exception as err:
+        _fail_on_refusal(err)
     _print_outcome(outcome)
     if outcome.issues and strict:
         raise typer.Exit(1)
@@ -119,8 +128,6 @@ def generate(
     ] = False,
 ) -> None:
     """Generate synthetic pairs (templates, or a teacher model) and add them to the dataset."""
-    from schemas.errors import RegistryError, SchemaError
-    from schemas.register import StrictFailure
     from schemas.synthetic import generate_pairs
 
     try:
@@ -134,12 +141,8 @@ def generate(
             label_file=label,
             strict=strict,
         )
-    except StrictFailure as err:
-        for issue in err.issues:
-            errors.print(issue.render(), markup=False)
-        fail(f"{len(err.issues)} bad pair(s); --strict: nothing was written")
-    except (SchemaError, RegistryError, OSError) as err:
-        fail(escape(str(err)))
+    except Exception as err:
+        _fail_on_refusal(err)
     _print_outcome(outcome)
 
 
