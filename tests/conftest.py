@@ -28,3 +28,7 @@ def base_model() -> Path:
     from finetune.base_model import prepare_model
 
     return Path(prepare_model(SHARED_MODEL_CACHE).path)
+
+
+# The serve fixtures (one vLLM engine per session, shared by the serve tests and the reliability battery).
+pytest_plugins = ["serve_fixtures"]
