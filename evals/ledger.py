@@ -13,22 +13,30 @@ from pathlib import Path
 from typing import Any, Literal
 
 from filelock import FileLock
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from schemas.fileio import atomic_write_text
+from schemas.registry import NAME_RE
+
+# Every name the ledger holds becomes part of a path or an engine model name, so each must match an
+# allowlist (RELIABILITY C1): no '/', '..', NUL, unicode lookalikes or 300-character names get through.
+NAME = NAME_RE.pattern
+RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+HEX64 = r"^[0-9a-f]{64}$"
 
 
 class Release(BaseModel):
     """A run made live for its schema. `release_id` is content-addressed: schema + adapter hash."""
 
     release_id: str = Field(
-        description="<schema>-<adapter sha256[:12]>: the name the engine serves it under."
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}-[0-9a-f]{12}$",
+        description="<schema>-<adapter sha256[:12]>: the name the engine serves it under.",
     )
-    schema_name: str
-    schema_version: str
-    run_id: str
-    run_dir: str
-    adapter_sha256: str
+    schema_name: str = Field(pattern=NAME)
+    schema_version: str = Field(pattern=r"^[0-9a-f]{6,64}$")
+    run_id: str = Field(pattern=RUN_ID)
+    run_dir: str = Field(description="The run folder; serving refuses one outside its runs root.")
+    adapter_sha256: str = Field(pattern=HEX64)
     base_model_id: str
     base_model_sha256: str
     prompt_hash: str
@@ -54,6 +62,8 @@ def release_id(schema_name: str, adapter_sha256: str) -> str:
 
 
 def _path(root: Path, schema_name: str) -> Path:
+    if not NAME_RE.match(schema_name):
+        raise LedgerError(f"invalid schema name {schema_name[:80]!r}: use 1-64 of a-z, 0-9, '_' or '-'")
     return root / f"{schema_name}.jsonl"
 
 
@@ -61,7 +71,19 @@ def read_events(root: Path, schema_name: str) -> list[LedgerEvent]:
     path = _path(root, schema_name)
     if not path.is_file():
         return []
-    return [LedgerEvent.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    events = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(LedgerEvent.model_validate_json(line))
+        except ValidationError as err:
+            first = err.errors()[0]
+            pointer = "/" + "/".join(str(part) for part in first["loc"])
+            raise LedgerError(
+                f"{path.name}:{number}: {pointer}: {first['msg']}; fix or remove the line"
+            ) from None
+    return events
 
 
 def live_stack(events: list[LedgerEvent]) -> list[Release]:
@@ -81,11 +103,27 @@ def live_release(root: Path, schema_name: str) -> Release | None:
 
 
 def live_releases(root: Path) -> dict[str, Release]:
-    """Every schema's live release: what the server serves."""
-    if not root.is_dir():
-        return {}
-    found = {path.stem: live_release(root, path.stem) for path in sorted(root.glob("*.jsonl"))}
-    return {name: release for name, release in found.items() if release is not None}
+    """Every schema's live release: what the server serves (unreadable ledgers are left out)."""
+    return read_live(root)[0]
+
+
+def read_live(root: Path) -> tuple[dict[str, Release], dict[str, str]]:
+    """Every schema's live release, and why each ledger file that cannot be served was refused.
+    One bad file (a hand edit, a name off the allowlist) never hides the other schemas' releases."""
+    live: dict[str, Release] = {}
+    problems: dict[str, str] = {}
+    for path in sorted(root.glob("*.jsonl")) if root.is_dir() else []:
+        name = path.stem
+        try:
+            release = live_release(root, name)
+        except (LedgerError, OSError, UnicodeDecodeError) as err:
+            problems[name[:80]] = str(err)[:300]
+            continue
+        if release is not None and release.schema_name != name:
+            problems[name] = f"{path.name}: its live release is for schema {release.schema_name!r}"
+        elif release is not None:
+            live[name] = release
+    return live, problems
 
 
 def _append(root: Path, schema_name: str, event: LedgerEvent) -> None:

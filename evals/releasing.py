@@ -68,6 +68,11 @@ def headline(report: EvalReport) -> dict[str, float]:
 def promote_run(paths: EvalPaths, run: str, force: bool = False, reason: str | None = None) -> ledger.Release:
     """Make RUN live for its schema; a failed gate is refused unless forced with a recorded reason."""
     folder, manifest = load_run(paths.runs, run)
+    if not folder.is_relative_to(paths.runs.resolve()):
+        # Serving refuses a release whose run folder lies outside the runs root (RELIABILITY C1).
+        raise EvalError(
+            f"run folder {folder} is outside the runs root {paths.runs}: move it there, then promote it"
+        )
     checked_adapter(folder, manifest)
     registered_schema(paths.registry, manifest.schema_name, manifest.schema_version)
     verdict = read_verdict(folder, manifest)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import secrets
+import shutil
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -91,6 +92,10 @@ def start_manifest(
 def publish_adapter(model: Any, folder: Path) -> str:
     """Save the PEFT adapter into `folder/adapter` atomically (staged + renamed); return its sha256."""
     final = folder / ADAPTER_DIR
+    if final.exists():
+        # Left by an attempt killed between this rename and its `completed` manifest: never recorded, so
+        # never served (readers need the manifest's hash); replaced, or the resume could never publish.
+        shutil.rmtree(final)
     with staged_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         # Only the weights and config travel: serving accepts nothing else (no README, no pickles).
@@ -101,7 +106,7 @@ def publish_adapter(model: Any, folder: Path) -> str:
 
 
 def finish_manifest(folder: Path, manifest: RunManifest, adapter_sha256: str, **results: Any) -> RunManifest:
-    fields = {k: v for k, v in manifest.model_dump().items() if k != "error"}  # a resumed failure is over
+    fields = manifest.model_dump() | {"error": None, "failure": None}  # a resumed failure is over
     done = RunManifest.model_validate({**fields, **results, "finished_at": now_iso()})
     # Set last, in the same atomic write: `completed` is never visible without the adapter hash.
     done = done.model_copy(update={"adapter_sha256": adapter_sha256, "status": "completed"})

@@ -8,14 +8,16 @@ Under `accelerate launch` / torchrun every rank runs it; rank 0 alone writes the
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from finetune.base_model import ModelInfo
-from finetune.checkpoints import CompletenessMarker, latest_complete
+from finetune.checkpoints import CompletenessMarker, check_safe_versions, resume_point
 from finetune.config import TrainConfig
 from finetune.data import TrainingData, build_rows, check_chat_template, check_data, check_lengths
+from finetune.lifecycle import cancel_on_signals, owned
 from finetune.model import (
     choose_threads,
     compact_lm_head,
@@ -26,8 +28,9 @@ from finetune.model import (
     resolve_precision,
     set_threads,
 )
+from finetune.order import DATA_ORDER, DataOrderLog
 from finetune.progress import ProgressAndMetrics
-from finetune.record import finish_manifest, hardware, new_run_id, publish_adapter, start_manifest
+from finetune.record import hardware, new_run_id, publish_adapter, start_manifest
 from finetune.run import BaseModelRef, RunError, RunManifest, load_manifest, load_run, write_manifest
 
 CHECKPOINTS = "checkpoints"
@@ -49,13 +52,16 @@ def train_run(
     runs_root: Path,
     resume: str | None = None,
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> RunResult:
     """Train a LoRA adapter on `data.train`, report loss on `data.val`, and publish a run folder.
 
     `resume` (a run id or folder) continues that run from its newest complete checkpoint, with the
-    config it recorded; the dataset and base model must be the ones it started with.
+    config it recorded; the dataset and base model must be the ones it started with. `callbacks` are
+    extra transformers TrainerCallbacks (observers; the run's own come first).
     """
     started = time.perf_counter()
+    check_safe_versions()
     ref = BaseModelRef(id=base.id, path=base.path, content_sha256=base.content_sha256)
     previous = _resumable(runs_root, resume, data, ref) if resume else None
     config = TrainConfig.model_validate(previous[1].config) if previous else config
@@ -66,26 +72,60 @@ def train_run(
     args = sft_args(config, precision, runs_root, progress)  # also sets up the distributed state
     folder, manifest = previous or _new_run(data, ref, config, runs_root, args, threads, precision)
     args.output_dir = str(folder / CHECKPOINTS)
-    sink = ProgressAndMetrics(folder / METRICS, folder / TENSORBOARD, enabled=progress)
-    trainer = _build_trainer(data, tokenizer, base, config, precision, args, [sink, CompletenessMarker()])
-    checkpoint = latest_complete(folder / CHECKPOINTS)
-    try:
-        with compact_lm_head(config.compact_lm_head):
-            outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-            evaluation = trainer.evaluate() if data.val else {}
-    except BaseException as err:
-        # A crash that Python sees (OOM, Ctrl-C, a full disk) leaves a `failed` run, still resumable.
-        if trainer.accelerator.is_main_process:
-            write_manifest(folder, manifest.model_copy(update={"status": "failed", "error": repr(err)}))
-        raise
-    finally:
-        sink.close()
-    results = _results(trainer, outcome, evaluation, time.perf_counter() - started)
-    if trainer.accelerator.is_main_process:
-        finish_manifest(folder, manifest, publish_adapter(trainer.model, folder), **results)
+    main = bool(args.process_index == 0)
+    with cancel_on_signals(), owned(folder, manifest, enabled=main) as record:
+        try:
+            trainer, results, adapter_sha256 = _fit(
+                data, tokenizer, base, config, precision, args, folder, progress, callbacks, started
+            )
+        except BaseException as err:
+            # Recorded as cancelled, or failed (retryable or permanent); the checkpoints stay resumable.
+            raised = record.ended(err)
+            if raised is err:
+                raise
+            raise raised from err
+        record.completed(adapter_sha256, **results)
     trainer.accelerator.wait_for_everyone()
     # Every rank returns what rank 0 published, so callers see one result whatever the launcher.
     return RunResult(run_id=manifest.run_id, folder=folder, manifest=load_manifest(folder))
+
+
+def _fit(
+    data: TrainingData,
+    tokenizer: Any,
+    base: ModelInfo,
+    config: TrainConfig,
+    precision: str,
+    args: Any,
+    folder: Path,
+    progress: bool,
+    callbacks: Sequence[Any],
+    started: float,
+) -> tuple[Any, dict[str, Any], str]:
+    """Resume point -> trainer -> train -> evaluate -> publish the adapter (rank 0); the run's outcome."""
+    main = bool(args.process_index == 0)
+    checkpoint = resume_point(folder / CHECKPOINTS, clean=main)
+    sink = ProgressAndMetrics(folder / METRICS, folder / TENSORBOARD, enabled=progress)
+    try:
+        trainer = _build_trainer(data, tokenizer, base, config, precision, args, [sink, CompletenessMarker()])
+        _log_data_order(trainer, data, folder / DATA_ORDER, main)
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        with compact_lm_head(config.compact_lm_head):
+            outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            evaluation = trainer.evaluate() if data.val else {}
+        results = _results(trainer, outcome, evaluation, time.perf_counter() - started)
+        # A full disk or a signal while publishing ends the run like one during training: nothing published.
+        return trainer, results, publish_adapter(trainer.model, folder) if main else ""
+    finally:
+        sink.close()
+
+
+def _log_data_order(trainer: Any, data: TrainingData, path: Path, main: bool) -> None:
+    """Record which examples each step trains on (data_order.jsonl), by wrapping the Trainer's collator."""
+    log = DataOrderLog(path, [text for text, _ in data.train], trainer.train_dataset, enabled=main)
+    trainer.data_collator = log.wrap(trainer.data_collator)
+    trainer.add_callback(log)
 
 
 def _checked_inputs(data: TrainingData, base: ModelInfo, config: TrainConfig) -> Any:
@@ -167,6 +207,11 @@ def _resumable(
     folder, manifest = load_run(runs_root, resume)
     if manifest.status == "completed":
         raise RunError(f"run {manifest.run_id} already completed; nothing to resume")
+    if manifest.status == "running":
+        raise RunError(
+            f"run {manifest.run_id} is still training (pid {manifest.pid} on {manifest.host}, last "
+            f"heartbeat {manifest.heartbeat_at}); wait for it, or cancel it (kill -TERM {manifest.pid}) first"
+        )
     if manifest.schema_name != data.name or manifest.dataset.sha256 != data.dataset_sha256:
         raise RunError(
             f"run {manifest.run_id} trained on {manifest.schema_name} dataset {manifest.dataset.sha256[:12]}, "

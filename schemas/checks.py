@@ -1,7 +1,7 @@
-"""Static checks on an untrusted schema, all run before any grammar compile (RELIABILITY A1-A4).
+"""Static checks on an untrusted schema, all run before any grammar compile (RELIABILITY A1-A4, A6).
 
 Order matters: cheap size and depth caps first (so a bomb is refused in milliseconds and never reaches
-a recursive walker), then the metaschema, then `$ref`s and patterns.
+a recursive walker), then the metaschema, then `$ref`s, the top-level type, patterns and formats.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import json
 from typing import Any
 
 from jsonschema import exceptions, validators
-from referencing import Registry, Resource
-from referencing.exceptions import Unresolvable
-from referencing.jsonschema import DRAFT202012
+from referencing import Registry
 
 from schemas.canonical import resolve_ref
 from schemas.errors import SchemaError
+from schemas.formats import CHECKED_FORMATS
+from schemas.refs import check_ref_cycles, ref_targets
 from schemas.regexcheck import pattern_problem
 from schemas.validation import pointer_of
-from schemas.walk import escape, json_depth, resolve_pointer, subschemas
+from schemas.walk import escape, json_depth, subschemas
 
 MAX_BYTES = 512 * 1024  # the largest real-world schema in jsonschemabench is 457 KB
 MAX_DEPTH = 48  # JSON nesting; vLLM refuses more than 64, the deepest benchmark schema is 19
@@ -29,15 +29,16 @@ KNOWN_DRAFTS = {uri.rstrip("#") for uri in validators._META_SCHEMAS}  # type: ig
 
 def parse_schema_text(text: str) -> Any:
     """JSON text -> value, with size and depth caps before the parser can recurse."""
-    if len(text.encode()) > MAX_BYTES:
+    size = len(text.encode("utf-8", "surrogatepass"))  # a lone surrogate is refused below, not here
+    if size > MAX_BYTES:
         raise SchemaError(
             "schema_too_large",
-            f"the schema is {len(text.encode())} bytes; the limit is {MAX_BYTES}",
+            f"the schema is {size} bytes; the limit is {MAX_BYTES}",
             "",
             "split it, or drop long descriptions the model does not need",
         )
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except RecursionError:
         raise SchemaError(
             "schema_too_deep", f"the schema nests deeper than {MAX_DEPTH} levels", "", "flatten it"
@@ -49,6 +50,32 @@ def parse_schema_text(text: str) -> Any:
             None,
             "fix the JSON syntax",
         ) from None
+    except ValueError as err:  # NaN / Infinity, which Python's parser accepts and JSON does not
+        raise SchemaError("invalid_json", f"not valid JSON: {err}", None, "fix the JSON syntax") from None
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number; write a finite number or null")
+
+
+def check_json_size(schema: dict[str, Any]) -> None:
+    """The byte cap for a schema handed in as a value (the library door), and JSON-only content."""
+    try:
+        size = len(json.dumps(schema, ensure_ascii=False, allow_nan=False).encode())
+    except (TypeError, ValueError) as err:  # a set, NaN, a lone surrogate: nothing JSON can store
+        raise SchemaError(
+            "invalid_json",
+            f"the schema holds a value JSON cannot represent ({err})",
+            "",
+            "give plain JSON: objects, arrays, strings, finite numbers, booleans, null",
+        ) from None
+    if size > MAX_BYTES:
+        raise SchemaError(
+            "schema_too_large",
+            f"the schema is {size} bytes as JSON; the limit is {MAX_BYTES}",
+            "",
+            "split it, or drop long descriptions the model does not need",
+        )
 
 
 def check_caps(schema: Any) -> None:
@@ -81,6 +108,7 @@ def check_caps(schema: Any) -> None:
                 f"{pointer}/enum",
                 "use a string with a pattern, or fewer values",
             )
+    check_json_size(schema)
 
 
 def check_metaschema(schema: dict[str, Any]) -> None:
@@ -94,7 +122,8 @@ def check_metaschema(schema: dict[str, Any]) -> None:
             "use https://json-schema.org/draft/2020-12/schema or remove $schema",
         )
     cls = validators.validator_for(schema, default=validators.Draft202012Validator)
-    error = exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(schema))
+    # An explicit registry, as for every validator forma builds: the drafts' own metaschemas only.
+    error = exceptions.best_match(cls(cls.META_SCHEMA, registry=Registry()).iter_errors(schema))
     if error is not None:
         raise SchemaError(
             "invalid_schema",
@@ -136,84 +165,6 @@ def check_object_root(schema: dict[str, Any]) -> None:
     )
 
 
-def check_refs(schema: dict[str, Any]) -> None:
-    """Every `$ref` must resolve inside the document; nothing is ever fetched (RELIABILITY A2)."""
-    root_id = schema.get("$id") or schema.get("id") or ""
-    resource = Resource.from_contents(schema, default_specification=DRAFT202012)
-    resolver = Registry().with_resource(root_id, resource).resolver(base_uri=root_id)
-    for pointer, node in subschemas(schema):
-        ref = node.get("$ref")
-        if not isinstance(ref, str):
-            continue
-        try:
-            resolver.lookup(ref)
-        except Unresolvable:
-            local = ref.startswith("#")
-            raise SchemaError(
-                "dangling_ref" if local else "external_ref",
-                f"$ref {ref!r} does not resolve inside the schema"
-                if local
-                else f"external $ref {ref!r} not allowed",
-                f"{pointer}/$ref",
-                "inline the referenced schema under $defs and refer to it as #/$defs/NAME",
-            ) from None
-
-
-# Applicators that apply their subschemas to the same instance location: a `$ref` cycle through only
-# these never consumes any of the instance, so validating it recurses forever (RELIABILITY A3).
-IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas")
-
-
-def _in_place_edges(pointer: str, node: dict[str, Any]) -> list[str]:
-    edges = []
-    if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#"):
-        edges.append(node["$ref"][1:])
-    for key in IN_PLACE:
-        value = node.get(key)
-        if isinstance(value, list):
-            edges += [f"{pointer}/{key}/{i}" for i in range(len(value))]
-        elif isinstance(value, dict) and key != "dependentSchemas":
-            edges.append(f"{pointer}/{key}")
-        elif isinstance(value, dict):
-            edges += [f"{pointer}/{key}/{escape(k)}" for k in value]
-    return edges
-
-
-def check_ref_cycles(schema: dict[str, Any]) -> None:
-    graph = {pointer: _in_place_edges(pointer, node) for pointer, node in subschemas(schema)}
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    for start in graph:
-        stack = [(start, iter(graph[start]))]
-        state.setdefault(start, 1)
-        if state[start] == 2:
-            continue
-        while stack:
-            at, edges = stack[-1]
-            nxt = next(edges, None)
-            if nxt is None:
-                state[at] = 2
-                stack.pop()
-            elif state.get(nxt) == 1:
-                loop = " -> ".join([p for p, _ in stack] + [nxt])
-                raise SchemaError(
-                    "recursive_ref",
-                    f"$ref loops back without consuming any input ({loop})",
-                    f"{at}/$ref" if "$ref" in _node(schema, at) else at,
-                    "make each recursion go through properties or items",
-                )
-            elif nxt in graph and state.get(nxt) is None:
-                state[nxt] = 1
-                stack.append((nxt, iter(graph[nxt])))
-
-
-def _node(schema: dict[str, Any], pointer: str) -> dict[str, Any]:
-    try:
-        found = resolve_pointer(schema, pointer)
-    except (KeyError, IndexError, ValueError, TypeError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
 def check_patterns(schema: dict[str, Any]) -> None:
     for pointer, node in subschemas(schema):
         found = [("pattern", node.get("pattern"))] if "pattern" in node else []
@@ -226,12 +177,35 @@ def check_patterns(schema: dict[str, Any]) -> None:
                 )
 
 
+def _may_be_string(node: dict[str, Any]) -> bool:
+    kind = node.get("type")
+    return kind is None or kind == "string" or (isinstance(kind, list) and "string" in kind)
+
+
+def check_formats(schema: dict[str, Any]) -> None:
+    """A string `format` nobody checks would pass anything: refuse it (RELIABILITY A6).
+
+    Formats on non-string types (UI hints such as `grid`, OpenAPI's `int32`) assert nothing in JSON
+    Schema, so they are left alone.
+    """
+    for pointer, node in subschemas(schema):
+        fmt = node.get("format")
+        if isinstance(fmt, str) and fmt not in CHECKED_FORMATS and _may_be_string(node):
+            raise SchemaError(
+                "unsupported_format",
+                f"format {fmt!r} is checked neither by the decoder nor by forma's output validator",
+                f"{pointer}/format",
+                f"use one of {', '.join(sorted(CHECKED_FORMATS))}, or describe the value with a pattern",
+            )
+
+
 def check_schema(schema: Any) -> dict[str, Any]:
     """Every static check, in order; returns the schema when it passes."""
     check_caps(schema)
     check_metaschema(schema)
+    targets = ref_targets(schema)
+    check_ref_cycles(schema, targets)
     check_object_root(schema)
-    check_refs(schema)
-    check_ref_cycles(schema)
     check_patterns(schema)
+    check_formats(schema)
     return schema

@@ -1,7 +1,8 @@
 """The errors the registry raises: each names where (file, line, JSON pointer), what, and the fix.
 
-One exception type for the user's schema (`SchemaError`) and one record type for a bad pair
-(`PairIssue`), so the CLI and any HTTP front end print them the same way.
+One exception type for the user's schema (`SchemaError`), one record type for a bad pair
+(`PairIssue`) and one exception for pairs refused as a whole (`PairsRefused`: an empty or over-quota
+file, or `--strict` with bad lines), so the CLI and any HTTP front end print them the same way.
 """
 
 from __future__ import annotations
@@ -36,10 +37,19 @@ class PairIssue(BaseModel):
 
     file: str = Field(description="The pairs file the line came from.")
     line: int = Field(description="1-based line number (CSV: the record's first line).")
-    kind: str = Field(description="parse | invalid | duplicate | conflict")
+    kind: str = Field(description="parse | invalid | duplicate | conflict | too_long | empty | quota")
     pointer: str = Field(default="", description="JSON pointer into the pair, e.g. /output/priority.")
     message: str = Field(description="What is wrong and how to fix it.")
 
     def render(self) -> str:
         pointer = f" {self.pointer}" if self.pointer else ""
         return f"{self.file}:{self.line}: {self.kind}{pointer}: {self.message}"
+
+
+class PairsRefused(RegistryError):
+    """Pairs refused as a whole (an empty or over-quota file, or `--strict` with bad lines): nothing
+    was written. `issues` names each file and line."""
+
+    def __init__(self, summary: str, issues: list[PairIssue]) -> None:
+        self.summary, self.issues = summary, issues
+        super().__init__(f"{summary}\n" + "\n".join(i.render() for i in issues))

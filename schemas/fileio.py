@@ -68,6 +68,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
             if file.is_file():
                 with open(file, "rb") as handle:
                     os.fsync(handle.fileno())
+        fsync_dir(tmp)  # the files' names inside it, or a crash after the rename can lose them
         os.rename(tmp, final)
         fsync_dir(final.parent)
     except BaseException:

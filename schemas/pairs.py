@@ -2,6 +2,9 @@
 
 Every bad line becomes a `PairIssue` naming file, line, JSON pointer and message; nothing is dropped
 without being listed. Duplicates and conflicts are decided later, against the stored dataset.
+
+A file over the quota (bytes, then lines) is refused as a whole before any line is parsed, and bytes
+that are not UTF-8 are reported on their own line (RELIABILITY G1).
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.errors import PairIssue
+from schemas.errors import PairIssue, PairsRefused
 from schemas.validation import output_errors
+
+MAX_PAIRS_BYTES = 64 * 1024 * 1024  # per file: ~100k pairs of a few hundred tokens each
+MAX_PAIRS = 100_000  # lines per file; LoRA on one schema needs thousands, not millions
 
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -45,24 +51,72 @@ def normalise_input(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
-def _records(path: Path, text: str) -> list[tuple[int, Any]]:
-    """(line, record) per non-empty record; a record that cannot be parsed is a PairIssue."""
+def _records(path: Path, data: bytes) -> tuple[list[tuple[int, Any]], list[PairIssue]]:
+    """(line, record) per non-empty record, and an issue per line that is not UTF-8."""
     if path.suffix.lower() == ".csv":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:  # the CSV reader needs the whole text: the file is refused
+            line = data[: err.start].count(b"\n") + 1
+            return [], [
+                _not_utf8(str(path), line, data[err.start], err.start - data.rfind(b"\n", 0, err.start))
+            ]
         reader = csv.DictReader(io.StringIO(text, newline=""))
         out: list[tuple[int, Any]] = []
         line = 2  # line 1 is the header
         for row in reader:
             out.append((line, _csv_record(row)))
             line = reader.line_num + 1
-        return out
-    return [(n, raw) for n, raw in enumerate(text.split("\n"), 1) if raw.strip()]
+        return out, []
+    records, issues = [], []
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            issues.append(_not_utf8(str(path), n, raw[err.start], err.start + 1))
+            continue
+        if text.strip():
+            records.append((n, text))
+    return records, issues
+
+
+def _not_utf8(file: str, line: int, byte: int, column: int) -> PairIssue:
+    return PairIssue(
+        file=file,
+        line=line,
+        kind="parse",
+        message=f"not UTF-8 text (byte 0x{byte:02x} at column {column}); save the file as UTF-8",
+    )
+
+
+def _quota(path: Path) -> bytes:
+    """The file's bytes, after refusing one over the byte quota (from its size: nothing is read) or
+    over the line quota (before any line is parsed)."""
+    size = path.stat().st_size
+    if size > MAX_PAIRS_BYTES:
+        issue = f"the file is {size} bytes; the limit is {MAX_PAIRS_BYTES} per file"
+    else:
+        data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as Excel writes CSV
+        lines = data.count(b"\n") + (not data.endswith(b"\n"))
+        if lines <= MAX_PAIRS:
+            return data
+        issue = f"the file has {lines} lines; the limit is {MAX_PAIRS} pairs per file"
+    raise PairsRefused(
+        f"{path}: over the quota; nothing was parsed or written",
+        [PairIssue(file=str(path), line=0, kind="quota", message=f"{issue}; split it or sample it")],
+    )
+
+
+def _not_json(name: str) -> None:
+    """Python's parser takes NaN and Infinity; JSON (and the stored dataset) does not."""
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
 
 
 def _csv_record(row: dict[str, Any]) -> Any:
     if "input" not in row or "output" not in row:
         return PairIssue(file="", line=0, kind="parse", message="CSV needs an `input` and an `output` column")
     try:
-        return {"input": row["input"], "output": json.loads(row["output"] or "")}
+        return {"input": row["input"], "output": json.loads(row["output"] or "", parse_constant=_not_json)}
     except json.JSONDecodeError as err:
         return PairIssue(
             file="",
@@ -79,7 +133,7 @@ def _parse(raw: Any, file: str, line: int) -> dict[str, Any] | PairIssue:
     if isinstance(raw, dict):
         return raw
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_not_json)
     except (json.JSONDecodeError, RecursionError) as err:
         msg = getattr(err, "msg", "nested too deeply")
         return PairIssue(
@@ -113,6 +167,13 @@ def check_record(
         return [issue("/input", "`input` must be a non-empty string")]
     if not isinstance(record.get("output"), dict):
         return [issue("/output", "`output` must be a JSON object matching the schema")]
+    if "\x00" in record["input"]:  # the gateway refuses such text, so the model must never learn it
+        return [issue("/input", "`input` contains a NUL character; remove it")]
+    for pointer, value in (("/input", record["input"]), ("/output", record["output"])):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return [issue(pointer, "holds a lone UTF-16 surrogate escape (e.g. \\ud800): not Unicode text")]
     errors = output_errors(schema, record["output"])
     if errors:
         return [issue(f"/output{e.pointer}", e.message) for e in errors]
@@ -128,14 +189,17 @@ def file_synthetic(checked: RawPair | list[PairIssue], pairs: list[RawPair], iss
 
 
 def read_pairs(path: Path, schema: dict[str, Any]) -> tuple[list[RawPair], list[PairIssue]]:
-    """Every valid pair of a JSONL or CSV file, and a PairIssue for every line that is not."""
+    """Every valid pair of a JSONL or CSV file, and a PairIssue for every line that is not.
+
+    Raises PairsRefused for a file over the quota.
+    """
     pairs: list[RawPair] = []
-    issues: list[PairIssue] = []
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        data = _quota(path)
+    except OSError as err:
         return [], [PairIssue(file=str(path), line=0, kind="parse", message=f"cannot read the file: {err}")]
-    for line, raw in _records(path, text):
+    records, issues = _records(path, data)
+    for line, raw in records:
         record = _parse(raw, str(path), line)
         if isinstance(record, PairIssue):
             issues.append(record)
@@ -145,4 +209,5 @@ def read_pairs(path: Path, schema: dict[str, Any]) -> tuple[list[RawPair], list[
             issues.extend(checked)
         else:
             pairs.append(checked)
+    issues.sort(key=lambda i: i.line)
     return pairs, issues

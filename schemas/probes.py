@@ -13,11 +13,9 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from jsonschema import FormatChecker, validators
-from referencing import Registry
-
 from schemas.canonical import resolve_ref
 from schemas.sampler import Unsampleable, sample
+from schemas.validation import build_validator
 from schemas.walk import subschemas
 
 Schema = dict[str, Any]
@@ -98,8 +96,7 @@ def probe_schema(node: Schema, root: Schema) -> Schema | None:
 
 
 def _validator(schema: Schema) -> Any:
-    cls = validators.validator_for(schema, default=validators.Draft202012Validator)
-    return cls(schema, registry=Registry(), format_checker=FormatChecker())
+    return build_validator(schema)  # the output validator's own rules, so a witness fails it too
 
 
 def breaks_only(validator: Any, keyword: str, value: Any) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import regex
+
 try:  # Python 3.11 ships the parser as re._parser; older ones as sre_parse.
     from re import _parser as sre_parse  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover
@@ -150,8 +152,9 @@ def pattern_problem(pattern: Any) -> str | None:
         return "the pattern contains a NUL character; remove it"
     try:
         re.compile(pattern)
+        regex.compile(pattern)  # the engine the output validator matches with (schemas.validation)
         parsed = sre_parse.parse(pattern)
-    except (re.error, RecursionError, OverflowError) as err:
+    except (re.error, regex.error, RecursionError, OverflowError) as err:
         return f"the pattern does not compile ({err}); write it as a valid regular expression"
     if _catastrophic(list(parsed)):
         return (

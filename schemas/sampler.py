@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 from schemas.canonical import resolve_ref as _resolve
+from schemas.formats import FORMAT_CHECKER
 from schemas.realistic import realistic_string
 from schemas.regexgen import string_matching
 
@@ -197,6 +198,8 @@ def _string(node: Schema, rng: random.Random, root: Schema, name: str, depth: in
         text = string_matching(node["pattern"], rng)
         if text is None or not low <= len(text) <= high:
             raise Unsampleable("pattern")
+        if "format" in node and not FORMAT_CHECKER.conforms(text, node["format"]):
+            raise Unsampleable("pattern and format disagree")  # e.g. a git@host:x URL under format uri
         return text
     text = realistic_string(name, node.get("format"), rng)
     if len(text) > high:

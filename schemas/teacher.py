@@ -34,7 +34,8 @@ def teacher_inputs(
     client: Any, model: str, schema: dict[str, Any], outputs: list[Any], label: str = "teacher"
 ) -> tuple[list[RawPair], list[PairIssue]]:
     """For each sampled output, ask the teacher for an input text that carries it."""
-    pairs, issues = [], []
+    pairs: list[RawPair] = []
+    issues: list[PairIssue] = []
     for i, output in enumerate(outputs, 1):
         prompt = WRITE_PROMPT.format(output=canonical_output(output, schema))
         text = _chat(client, model, [{"role": "user", "content": prompt}])
@@ -47,7 +48,8 @@ def teacher_labels(
     client: Any, model: str, schema: dict[str, Any], texts: list[str], label: str = "teacher"
 ) -> tuple[list[RawPair], list[PairIssue]]:
     """Ask the teacher to label raw texts; a reply that is not schema-valid JSON is an issue, not a pair."""
-    pairs, issues = [], []
+    pairs: list[RawPair] = []
+    issues: list[PairIssue] = []
     system = LABEL_PROMPT.format(schema=canonical_schema_json(schema))
     fmt = {"type": "json_schema", "json_schema": {"name": "record", "schema": schema}}
     for i, text in enumerate(texts, 1):

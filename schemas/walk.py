@@ -28,22 +28,30 @@ def escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
+def children(node: dict[str, Any], pointer: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(pointer, subschema) for each object subschema directly below `node`."""
+    for key in ONE:
+        if isinstance(node.get(key), dict):
+            yield f"{pointer}/{key}", node[key]
+    for key in MANY:
+        if isinstance(node.get(key), list):
+            for i, sub in enumerate(node[key]):
+                if isinstance(sub, dict):
+                    yield f"{pointer}/{key}/{i}", sub
+    for key in MAP:
+        if isinstance(node.get(key), dict):
+            for name, sub in node[key].items():
+                if isinstance(sub, dict):
+                    yield f"{pointer}/{key}/{escape(name)}", sub
+
+
 def subschemas(node: Any, pointer: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (pointer, subschema) for `node` and every subschema below it, depth first."""
     if not isinstance(node, dict):
         return
     yield pointer, node
-    for key in ONE:
-        if isinstance(node.get(key), dict):
-            yield from subschemas(node[key], f"{pointer}/{key}")
-    for key in MANY:
-        if isinstance(node.get(key), list):
-            for i, sub in enumerate(node[key]):
-                yield from subschemas(sub, f"{pointer}/{key}/{i}")
-    for key in MAP:
-        if isinstance(node.get(key), dict):
-            for name, sub in node[key].items():
-                yield from subschemas(sub, f"{pointer}/{key}/{escape(name)}")
+    for child_pointer, child in children(node, pointer):
+        yield from subschemas(child, child_pointer)
 
 
 def resolve_pointer(doc: Any, pointer: str) -> Any:

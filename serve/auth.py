@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serve.settings import SettingsError
+
 ALL_SCHEMAS = "*"
 
 
@@ -34,7 +36,7 @@ class ApiKey(BaseModel):
 OPEN_ACCESS = ApiKey(name="open-access", key="-" * 16, schemas=(ALL_SCHEMAS,), admin=True)
 
 
-class KeyConfigError(ValueError):
+class KeyConfigError(SettingsError):
     """A keys file or FORMA_API_KEYS value that cannot be used, with where and how to fix it."""
 
 

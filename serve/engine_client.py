@@ -6,6 +6,7 @@ request when its client goes away (`with_cancellation` on its routes), so no gen
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +31,33 @@ class EngineClient:
         timeout = httpx.Timeout(None, connect=5.0)
         self.base_url = base_url.rstrip("/")
         self.http = httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout)
+        self._base_card: dict[str, Any] | None = None
+        self._asked = False
+
+    async def base_card(self) -> dict[str, Any] | None:
+        """The engine's own card for its base model (vLLM lists `root`, its folder, and `max_model_len`),
+        read once: the gateway then tokenizes with and checks adapters against what the engine serves."""
+        if not self._asked:
+            try:
+                response = await self.http.get("/v1/models", timeout=10.0)
+                cards = response.json().get("data", []) if response.status_code == 200 else []
+            except (httpx.HTTPError, ValueError, AttributeError):
+                return None  # unreachable now: ask again next time
+            self._asked = True
+            bases = [c for c in cards if isinstance(c, dict) and c.get("root") and c.get("parent") is None]
+            self._base_card = bases[0] if bases else None
+        return self._base_card
+
+    async def served_base(self) -> Path | None:
+        """The base model folder the engine serves, when it is a folder on this machine."""
+        card = await self.base_card()
+        root = Path(str(card["root"])) if card else None
+        return root if root is not None and root.is_dir() else None
+
+    async def max_model_len(self) -> int | None:
+        card = await self.base_card()
+        value = card.get("max_model_len") if card else None
+        return value if isinstance(value, int) else None
 
     async def healthy(self) -> bool:
         try:

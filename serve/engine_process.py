@@ -57,17 +57,16 @@ class EngineProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the whole group, then SIGKILL whatever is left after `timeout`."""
+        """SIGTERM the whole group; SIGKILL whatever is left of it after `timeout`; reap the leader."""
         if self.process is None:
             return
         pgid = self.process.pid
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=timeout)
-        # The EngineCore child may outlive its parent by a moment: sweep the group.
-        deadline = time.monotonic() + 5
-        while _group_alive(pgid) and time.monotonic() < deadline:
+        # The EngineCore and worker children may outlive the API server by a moment: wait for the
+        # whole group, within one budget, so a stop never takes longer than `timeout` plus the kill.
+        deadline = time.monotonic() + timeout
+        while (self.process.poll() is None or _group_alive(pgid)) and time.monotonic() < deadline:
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)

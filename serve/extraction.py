@@ -16,6 +16,8 @@ from serve.engine_client import EngineRejected, EngineUnavailable
 from serve.errors import ApiError
 from serve.gateway import Gateway
 from serve.generation import Binding, Generated, engine_body, read_completion
+from serve.logs import log, logger
+from serve.tokens import context_error, count_prompt_tokens
 
 T = TypeVar("T")
 
@@ -37,8 +39,11 @@ async def guarded(work: Awaitable[T], request: Request, timeout_s: float) -> T:
         await asyncio.gather(task, gone, return_exceptions=True)
     if task in done:
         return task.result()
+    dropped = request.app.state.gateway.metrics.dropped  # RELIABILITY F1: count what was cancelled
     if gone in done:
+        dropped.labels("client_closed").inc()
         raise ApiError(499, "client_closed", "the client disconnected; its generation was cancelled")
+    dropped.labels("timeout").inc()
     raise ApiError(
         504,
         "timeout",
@@ -60,24 +65,48 @@ async def _complete(gw: Gateway, binding: Binding, body: dict[str, Any]) -> dict
     return await gw.engine.chat(body)
 
 
+async def check_context(gw: Gateway, binding: Binding, body: dict[str, Any]) -> None:
+    """413 before the engine when the prompt + max_tokens cannot fit its context (RELIABILITY B3). The
+    tokenizer is the served base model's: configured, else the folder the engine reports serving."""
+    path = str(gw.settings.base_model) if gw.settings.base_model else binding.base_model_path
+    if path is None:
+        # No local tokenizer (the engine's model is on another host). vLLM then stops at its context,
+        # which answers output_truncated: explicit, but after a wasted prefill.
+        return
+    try:
+        prompt = await asyncio.to_thread(count_prompt_tokens, path, body["messages"])
+    except (OSError, ValueError) as err:  # a base folder without tokenizer files: same as no tokenizer
+        log("tokenizer_unavailable", error=type(err).__name__)
+        return
+    limit = await gw.engine.max_model_len() or gw.settings.max_model_len
+    refusal = context_error(prompt, body["max_tokens"], limit)
+    if refusal is not None:
+        gw.metrics.rejections.labels("context_too_long").inc()
+        raise refusal
+
+
 async def generate(gw: Gateway, binding: Binding, text: str, max_tokens: int | None = None) -> Generated:
     """Decode `text` with the binding's adapter, constrained by its schema, and validate the result."""
     cap = gw.settings.max_tokens
-    body = engine_body(binding, text, min(max_tokens or cap, cap))
+    body = engine_body(binding, text, min(max_tokens or cap, cap))  # always explicit, never over the cap
+    await check_context(gw, binding, body)
     try:
         completion = await _complete(gw, binding, body)
     except EngineUnavailable as err:
         gw.set_ready(False)
+        # RELIABILITY D5: the engine's own message (which may quote the request, or name its URL)
+        # stays out of the reply; the log has it at debug only, which needs --log-text.
+        log("engine_error", kind="unavailable")
+        logger.debug("engine_error_message", extra={"fields": {"message": str(err)}})
         raise ApiError(
-            503,
-            "unavailable",
-            f"the engine is unavailable ({err}); retry shortly",
-            headers={"Retry-After": "5"},
+            503, "unavailable", "the engine is unavailable; retry shortly", headers={"Retry-After": "5"}
         ) from None
     except EngineRejected as err:
         raise ApiError(422, "engine_rejected", f"the engine refused the request: {err}") from None
     try:
-        generated = read_completion(completion, binding.schema)
+        # Off the event loop: the output check matches untrusted patterns (bounded, GIL released by
+        # `regex`), so one slow answer never holds /readyz or other requests (RELIABILITY A4).
+        generated = await asyncio.to_thread(read_completion, completion, binding.schema)
     except ApiError as err:
         gw.metrics.generation_failures.labels(err.code).inc()
         raise

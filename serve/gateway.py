@@ -1,25 +1,37 @@
 """The gateway's running state and its background duties: engine start, supervision, ledger watch, drain.
 
 `Gateway` is built by `create_app` and lives on `app.state`; `lifespan` calls `start` and `stop`.
+Supervision (RELIABILITY F2-F4): a child engine that dies is restarted; an engine that is alive but
+finishes nothing is marked stalled (not ready, never restarted: liveness is not at stake); a drain
+refuses new work and gives admitted requests `drain_timeout_s` before the engine is stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import time
 from dataclasses import dataclass, field
 
 from serve.auth import ApiKey
-from serve.engine_args import engine_command, engine_env
-from serve.engine_client import EngineClient
+from serve.engine_args import BASE_MODEL_NAME, engine_command, engine_env
+from serve.engine_client import EngineRejected, EngineUnavailable
 from serve.engine_process import EngineProcess, free_port
+from serve.engine_watch import WatchedEngineClient
 from serve.limits import Admission
 from serve.logs import log
 from serve.metrics import Metrics
 from serve.releases import ReleaseTable, ledger_signature
 from serve.settings import ServeSettings
+
+# vLLM exits within a few seconds of SIGTERM when idle; past this the group is killed, so a stopped
+# gateway exits within drain_timeout_s + 10 s (RELIABILITY F2).
+ENGINE_STOP_S = 6.0
+# A child engine that is alive but refuses connections (or reports its core dead) this long is wedged,
+# e.g. in a shutdown that never ends: it is killed and restarted like one that exited.
+ENGINE_GONE_S = 30.0
 
 
 class EngineStartError(RuntimeError):
@@ -30,12 +42,16 @@ class EngineStartError(RuntimeError):
 class Gateway:
     settings: ServeSettings
     keys: list[ApiKey]
-    engine: EngineClient
+    engine: WatchedEngineClient
     table: ReleaseTable
     metrics: Metrics
     admission: Admission
     process: EngineProcess | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    drain_deadline: float | None = None  # set once, by the first stop signal
+    stalled_since: float | None = None  # set while the engine is stalled
+    down_since: float | None = None  # set while the engine is down (refused, dead or exited)
+    probe: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: ServeSettings, keys: list[ApiKey]) -> Gateway:
@@ -48,11 +64,10 @@ class Gateway:
             command = engine_command(settings, settings.base_model, port)
             process = EngineProcess(command, engine_env(dict(os.environ)), settings.engine_log)
             url = f"http://127.0.0.1:{port}"
-        table = ReleaseTable(
-            settings.schemas_root, settings.releases_root, settings.base_model_sha256, metrics
-        )
-        engine = EngineClient(url, max_connections=settings.max_in_flight + 8)
-        return cls(settings, keys, engine, table, metrics, Admission(settings.max_in_flight), process)
+        table = ReleaseTable(settings, metrics)
+        engine = WatchedEngineClient(url, max_connections=settings.max_in_flight + 8)
+        admission = Admission(settings.max_in_flight, settings.max_queue)
+        return cls(settings, keys, engine, table, metrics, admission, process)
 
     def set_ready(self, ready: bool) -> None:
         self.admission.engine_ready = ready
@@ -71,6 +86,8 @@ class Gateway:
         """Poll the engine's health with backoff, up to engine_start_timeout_s; fail fast if it exits."""
         deadline, delay = time.monotonic() + self.settings.engine_start_timeout_s, 0.5
         while time.monotonic() < deadline:
+            if self.admission.draining:  # a stop signal while starting: give up now, not in 300 s
+                raise EngineStartError("stopped while waiting for the engine to start")
             if self.process is not None and not self.process.alive():
                 raise EngineStartError(
                     f"the engine exited while starting; its log ends:\n{self.process.log_tail()}"
@@ -85,23 +102,60 @@ class Gateway:
         )
 
     async def supervise(self) -> None:
-        """Readiness follows the engine's health; a child engine that died is restarted."""
+        """Every engine_check_s: readiness follows the engine's health and progress."""
         while True:
             await asyncio.sleep(self.settings.engine_check_s)
             try:
-                if self.process is not None and not self.process.alive() and not self.admission.draining:
-                    await self.restart_engine()
-                else:
-                    self.set_ready(await self.engine.healthy())
+                await self.check_engine()
             except Exception as err:  # keep supervising: one failed round must not end supervision
                 self.set_ready(False)
                 log("supervise_failed", reason=repr(err))
 
+    async def check_engine(self) -> None:
+        """A down engine fails its pending calls at once (503, not a hang to the deadline); a child
+        engine that exited, or stayed down ENGINE_GONE_S, is restarted; a stalled one is only unready."""
+        exited = self.process is not None and not self.process.alive()
+        health = "down" if exited else await self.engine.health()
+        if health != "down":
+            self.down_since = None
+        else:
+            failed = self.engine.drop_pending()
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                log("engine_down", exited=exited, pending_failed=failed)
+        down_s = time.monotonic() - self.down_since if self.down_since is not None else 0.0
+        if self.process is not None and not self.admission.draining and (exited or down_s > ENGINE_GONE_S):
+            await self.restart_engine()
+        else:
+            self.set_ready(health == "ok" and not self.check_stall())
+
+    def check_stall(self) -> bool:
+        """Stalled: calls wait at the engine and none completed for engine_stall_s. It ends when a
+        completion arrives; new requests are refused meanwhile, so a probe gives the engine one to finish."""
+        watch = self.engine.watch
+        if self.stalled_since is None and watch.silent_for() > self.settings.engine_stall_s:
+            self.stalled_since = time.monotonic()
+            log("engine_stalled", waiting=watch.in_flight, silent_s=round(watch.silent_for(), 1))
+        elif self.stalled_since is not None and watch.last_completed > self.stalled_since:
+            log("engine_progressed", stalled_s=round(time.monotonic() - self.stalled_since, 1))
+            self.stalled_since = None
+        if self.stalled_since is not None and (self.probe is None or self.probe.done()):
+            self.probe = asyncio.create_task(self.probe_engine())
+        return self.stalled_since is not None
+
+    async def probe_engine(self) -> None:
+        """One 1-token completion on a model the engine serves; it completes when decoding resumes."""
+        model = next(iter(self.table.loaded), BASE_MODEL_NAME)
+        body = {"model": model, "messages": [{"role": "user", "content": "ok"}], "max_tokens": 1}
+        with contextlib.suppress(EngineUnavailable, EngineRejected):
+            await self.engine.chat(body | {"temperature": 0.0})
+
     async def restart_engine(self) -> None:
         assert self.process is not None
         self.set_ready(False)
+        died = self.down_since or time.monotonic()
         log("engine_died", returncode=self.process.process.returncode if self.process.process else None)
-        await asyncio.to_thread(self.process.stop, 2.0)  # reap what is left of the old group
+        await asyncio.to_thread(self.process.stop, 2.0)  # kill and reap what is left of the old group
         await asyncio.to_thread(self.process.start)
         self.metrics.engine_restarts.inc()
         try:
@@ -113,8 +167,9 @@ class Gateway:
         for binding in list(self.table.bindings.values()):
             with contextlib.suppress(Exception):
                 await self.table.ensure_loaded(self.engine, binding)
+        self.stalled_since = self.down_since = None  # a new engine: the old one's troubles died with it
         self.set_ready(True)
-        log("engine_restarted", pid=self.process.pid)
+        log("engine_restarted", pid=self.process.pid, down_s=round(time.monotonic() - died, 1))
 
     async def watch_ledger(self) -> None:
         """Deploy without restart: a changed ledger file (promote, rollback) rebinds on the next request."""
@@ -127,17 +182,32 @@ class Gateway:
             except Exception as err:  # e.g. a ledger line being hand-edited: keep serving what is bound
                 log("ledger_read_failed", reason=repr(err))
 
-    async def stop(self) -> None:
-        """Drain: refuse new work, let admitted requests finish (bounded), then stop the engine."""
+    def begin_drain(self, reason: str = "stop") -> None:
+        """Refuse new work from now on (503, /readyz 503); admitted requests get drain_timeout_s.
+        Safe to call from a signal handler; only the first call starts the clock."""
         self.admission.draining = True
         self.set_ready(False)
-        deadline = time.monotonic() + self.settings.drain_timeout_s
-        while self.admission.count and time.monotonic() < deadline:
+        if self.drain_deadline is None:
+            self.drain_deadline = time.monotonic() + self.settings.drain_timeout_s
+            # A signal lands inside whatever request was running: log outside its context (request id).
+            contextvars.Context().run(log, "draining", reason=reason, in_flight=self.admission.count)
+
+    def drained(self) -> bool:
+        """Draining, and every admitted request has finished or the drain time is up."""
+        if self.drain_deadline is None:
+            return False
+        return self.admission.count == 0 or time.monotonic() >= self.drain_deadline
+
+    async def stop(self) -> None:
+        """Drain: refuse new work, let admitted requests finish (bounded), then stop the engine."""
+        self.begin_drain()
+        while not self.drained():
             await asyncio.sleep(0.1)
-        for task in self.tasks:
+        tasks = [*self.tasks, *([self.probe] if self.probe else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.engine.aclose()
         if self.process is not None:
-            await asyncio.to_thread(self.process.stop)
+            await asyncio.to_thread(self.process.stop, ENGINE_STOP_S)
         log("stopped", in_flight_left=self.admission.count)

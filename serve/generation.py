@@ -1,8 +1,8 @@
 """Pure request building and output checking for one extraction. No I/O: unit-tested directly.
 
 The prompt comes from `schemas.prompt.build_messages` (tuned mode), the one prompt format train, eval
-and serve share. Output is checked by `schemas.validation.output_errors`: constrained decoding is an
-optimisation, this check is the guarantee (RELIABILITY B1, B2).
+and serve share. Output is checked with `schemas.validation`'s validator (`output_errors`' own): constrained decoding
+is an optimisation, this check is the guarantee (RELIABILITY B1, B2).
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from jsonschema.exceptions import ValidationError
+
 from schemas.prompt import build_messages
-from schemas.validation import output_errors
+from schemas.validation import pointer_of, validator_for_schema
 from serve.errors import ApiError, ErrorDetail
 
 
@@ -29,6 +31,8 @@ class Binding:
     # The registry's decoder-only copy: keywords no grammar backend implements are relaxed there and
     # checked after decoding by `output_errors(schema, ...)`, so vLLM never rejects the request.
     decoder_schema: dict[str, Any] | None = None
+    # The base model folder the engine serves (its tokenizer counts prompt tokens), when known here.
+    base_model_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,29 @@ def read_completion(completion: dict[str, Any], schema: dict[str, Any]) -> Gener
         data = json.loads(content)
     except ValueError as err:
         raise ApiError(502, "output_invalid_json", f"the model's output is not JSON ({err})") from None
-    errors = output_errors(schema, data)
-    if errors:
-        details = [ErrorDetail(pointer=e.pointer, message=e.message[:300]) for e in errors[:20]]
+    details = violations(schema, data)
+    if details:
         raise ApiError(502, "output_schema_violation", "the model's output breaks the schema", details)
     return Generated(data, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+
+
+def violations(schema: dict[str, Any], value: Any) -> list[ErrorDetail]:
+    """Where the output breaks the schema and which keyword, deepest first, with the same validator as
+    `schemas.validation.output_errors`. Never the offending value: outputs quote the document, and
+    error bodies must not (RELIABILITY D5)."""
+    errors = validator_for_schema(schema).iter_errors(value)
+    found = sorted(errors, key=lambda e: (-len(e.absolute_path), list(map(str, e.absolute_path))))
+    return [ErrorDetail(pointer=pointer_of(e.absolute_path), message=_keyword(e)) for e in found[:20]]
+
+
+def _keyword(error: ValidationError) -> str:
+    """e.g. "breaks maxLength 24", "breaks format 'date'", "required: missing total" (schema words only)."""
+    keyword, limit = str(error.validator), error.validator_value
+    if keyword == "required" and isinstance(error.instance, dict):
+        missing = [name for name in limit if name not in error.instance]
+        return f"required: missing {', '.join(map(str, missing))}"[:300]
+    shown = json.dumps(limit) if isinstance(limit, str | int | float | bool) else ""
+    return f"breaks {keyword} {shown}".strip() if len(shown) <= 80 else f"breaks {keyword}"
 
 
 def check_text(text: str, max_chars: int) -> None:
@@ -89,3 +111,12 @@ def check_text(text: str, max_chars: int) -> None:
             "text contains NUL bytes",
             [ErrorDetail(pointer="/text", message="NUL byte")],
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate ("\ud800" in the JSON): valid JSON, not text
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"text is not valid Unicode: a lone surrogate at character {err.start}; send UTF-8 text",
+            [ErrorDetail(pointer="/text", message="lone surrogate")],
+        ) from None

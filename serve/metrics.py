@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from serve.limits import Admission
 
 
 class Metrics:
@@ -23,7 +28,19 @@ class Metrics:
             "forma_tokens", "Tokens by kind (prompt, completion) and schema.", ["kind", "schema"], registry=r
         )
         self.in_flight = Gauge(
-            "forma_in_flight_requests", "Requests admitted and not finished (queue depth).", registry=r
+            "forma_in_flight_requests", "Requests admitted to the engine and not finished.", registry=r
+        )
+        self.queued = Gauge(
+            "forma_queued_requests", "Requests waiting at the gateway for an engine slot.", registry=r
+        )
+        self.admitted_peak = Gauge(
+            "forma_admitted_peak", "Most requests in flight + queued at once since start.", registry=r
+        )
+        self.queue_wait = Histogram(
+            "forma_queue_wait_seconds",
+            "Time admitted requests waited for an engine slot.",
+            buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
         )
         self.adapter_loads = Counter(
             "forma_adapter_loads", "Adapter loads into the engine by outcome.", ["outcome"], registry=r
@@ -38,3 +55,16 @@ class Metrics:
         self.engine_ready = Gauge(
             "forma_engine_ready", "1 when the engine answers its health check.", registry=r
         )
+        self.dropped = Counter(
+            "forma_dropped_requests",
+            "Requests cancelled before their answer, by reason: client_closed (the client went away) "
+            "or timeout (past the deadline). Their generation was aborted in the engine.",
+            ["reason"],
+            registry=r,
+        )
+
+    def follow(self, admission: Admission) -> None:
+        """The admission gauges read the live counts at scrape time (never drift from inc/dec)."""
+        self.in_flight.set_function(lambda: admission.running)
+        self.queued.set_function(lambda: admission.waiting)
+        self.admitted_peak.set_function(lambda: admission.peak)

@@ -8,6 +8,11 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+
+class SettingsError(ValueError):
+    """Settings that are valid one by one but must not run together; the message says the fix."""
+
+
 LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]  # the ranks vLLM 0.32 accepts for --max-lora-rank
 
 
@@ -45,7 +50,24 @@ class ServeSettings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body; more -> 413.")
     max_text_chars: int = Field(default=20_000, ge=1, description="Largest input text; more -> 413.")
     max_batch: int = Field(default=64, ge=1, description="Most texts in one batch request; more -> 413.")
-    max_in_flight: int = Field(default=64, ge=1, description="Requests admitted at once; more -> 429.")
+    max_in_flight: int = Field(
+        default=64, ge=1, description="Requests sent to the engine at once; more wait in the queue."
+    )
+    max_queue: int = Field(
+        default=0,
+        ge=0,
+        description="Requests waiting at the gateway for an engine slot; past in-flight + queue -> 429.",
+    )
+    max_header_bytes: int = Field(
+        default=65_536, ge=1024, description="Largest request line + headers; more -> 431, connection closed."
+    )
+    max_headers: int = Field(default=100, ge=8, description="Most header lines in a request; more -> 431.")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A connection must send its request line and headers within this."
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request body must arrive within this (slow drip -> 408, closed)."
+    )
     request_timeout_s: float = Field(default=60.0, gt=0, description="Per-request deadline; past it -> 504.")
     engine_start_timeout_s: float = Field(default=300.0, gt=0, description="How long startup waits for vLLM.")
     engine_check_s: float = Field(default=1.0, gt=0, description="How often the engine's health is checked.")
@@ -63,3 +85,23 @@ class ServeSettings(BaseSettings):
         default=False, description="Run without keys; refused unless the gateway binds to loopback."
     )
     log_text: bool = Field(default=False, description="Log request texts (off: logs never carry user text).")
+    log_level: Literal["debug", "info", "warning"] = Field(
+        default="info",
+        description="Gateway log level. debug adds engine and exception messages, which may quote "
+        "documents, so it is refused unless log_text is on.",
+    )
+    engine_stall_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Requests waiting at the engine with none completed this long -> not ready (stalled).",
+    )
+
+
+def log_policy_error(settings: ServeSettings) -> str | None:
+    """RELIABILITY D5: at info and above logs never carry document text; debug may, so it is opt-in."""
+    if settings.log_level == "debug" and not settings.log_text:
+        return (
+            "log level debug may write document text to the logs (engine and exception messages): "
+            "add --log-text to accept that, or use --log-level info"
+        )
+    return None

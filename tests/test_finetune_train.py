@@ -35,6 +35,7 @@ def test_run_folder_layout(trained: tuple[Path, RunResult]) -> None:
         "manifest.json",
         "adapter",
         "metrics.jsonl",
+        "data_order.jsonl",
         "tb",
         "checkpoints",
     }

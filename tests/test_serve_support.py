@@ -5,9 +5,15 @@ vLLM loads and that changes the base model's outputs, made in seconds instead of
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import httpx
+import psutil
 
 from evals.ledger import Release, promote, release_id
 from finetune.base_model import read_info
@@ -114,3 +120,24 @@ def promote_run(releases_root: Path, run: Path) -> Release:
         promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return promote(releases_root, release)
+
+
+FORMA = str(Path(sys.executable).parent / "forma")
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        assert proc.poll() is None, "forma serve exited"
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not ready after {timeout} s")
+
+
+def engine_pid(proc: subprocess.Popen[bytes]) -> int:
+    children = psutil.Process(proc.pid).children()
+    return next(c.pid for c in children if "vllm.entrypoints" in " ".join(c.cmdline()))

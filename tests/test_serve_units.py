@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from forma.cli import app as cli
@@ -19,7 +20,7 @@ from serve.auth import ApiKey, KeyConfigError, access_policy_error, find_key, lo
 from serve.engine_args import engine_command, engine_env
 from serve.errors import ApiError
 from serve.generation import Binding, check_text, engine_body, read_completion
-from serve.routes.openai import ChatMessage, ResponseFormat, check_response_format, user_text
+from serve.routes.openai import ChatRequest, check_response_format, user_text
 from serve.settings import ServeSettings
 
 SCHEMA = {
@@ -147,11 +148,11 @@ def test_cli_serve_refuses_without_keys_or_open_off_loopback(forma_home: Path) -
     assert result.exit_code == 1 and "loopback" in result.output
 
 
-def test_every_route_requires_a_key_except_health_and_docs(tmp_path: Path) -> None:
+def test_every_route_requires_a_key_except_health(tmp_path: Path) -> None:
     """RELIABILITY D1: walk the route table; only the allowlist goes without the auth dependency."""
     from serve.deps import authenticate
 
-    public = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    public = {"/healthz", "/readyz"}
     for route in create_app(settings(tmp_path)).routes:
         if route.path in public:
             continue
@@ -168,26 +169,43 @@ def _all_dependencies(dependant):
 def test_openapi_documents_every_error_status(tmp_path: Path) -> None:
     spec = create_app(settings(tmp_path)).openapi()
     extract = spec["paths"]["/v1/extract/{schema}"]["post"]["responses"]
-    assert set(extract) == {"200", "401", "403", "404", "413", "422", "429", "502", "503", "504"}
+    assert set(extract) == set(
+        ["200", "401", "404", "408", "413", "422", "429", "431", "499", "500", "502", "503", "504"]
+    )
     assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
     assert {"401", "403"} <= set(spec["paths"]["/admin/reload"]["post"]["responses"])
 
 
+def chat(messages: list, **fields) -> ChatRequest:
+    return ChatRequest.model_validate({"model": "m", "messages": messages} | fields)
+
+
 def test_chat_takes_exactly_one_user_message() -> None:
-    assert user_text([ChatMessage(role="user", content="hello")]) == "hello"
-    assert user_text([ChatMessage(role="user", content=[{"type": "text", "text": "hi"}])]) == "hi"
-    with pytest.raises(ApiError):
-        user_text([ChatMessage(role="system", content="be nice"), ChatMessage(role="user", content="x")])
+    assert user_text(chat([{"role": "user", "content": "hello"}]).messages) == "hello"
+    parts = [{"type": "text", "text": "hi"}, {"type": "text", "text": " there"}]
+    assert user_text(chat([{"role": "user", "content": parts}]).messages) == "hi there"
+    for messages in [
+        [{"role": "system", "content": "be nice"}, {"role": "user", "content": "x"}],
+        [{"role": "system", "content": "be nice"}],
+        [{"role": "user", "content": " "}],
+        [{"role": "user", "content": []}],
+    ]:
+        with pytest.raises(ValidationError):
+            chat(messages)
 
 
 def test_response_format_must_be_the_trained_schema() -> None:
+    user = [{"role": "user", "content": "x"}]
     check_response_format(None, BINDING)
-    check_response_format(ResponseFormat(type="json_object"), BINDING)
+    check_response_format(chat(user, response_format={"type": "json_object"}).response_format, BINDING)
     same = dict(reversed(list(SCHEMA.items())))  # key order does not matter
-    check_response_format(
-        ResponseFormat(type="json_schema", json_schema={"name": "p", "schema": same}), BINDING
-    )
-    other = {"type": "object"}
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": same}}
+    check_response_format(chat(user, response_format=fmt).response_format, BINDING)
+    other = {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}
     with pytest.raises(ApiError) as caught:
-        check_response_format(ResponseFormat(type="json_schema", json_schema={"schema": other}), BINDING)
-    assert caught.value.code == "schema_mismatch"
+        check_response_format(chat(user, response_format=other).response_format, BINDING)
+    assert caught.value.status == 409 and caught.value.code == "schema_mismatch"
+    with pytest.raises(ValidationError):  # json_schema without its schema, or a loosely typed field
+        chat(user, response_format={"type": "json_schema"})
+    with pytest.raises(ValidationError):
+        chat(user, stream=0)

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
+from finetune.config import TrainConfig
 from forma.console import console, errors, fail
 from forma.paths import layout
 
+if TYPE_CHECKING:
+    from schemas.pairs import RawPair
+    from schemas.register import TokenCounter
+
 app = typer.Typer(help="List, show and diff registered schema versions.", no_args_is_help=True)
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
+# The trainer refuses longer pairs at its default max_length; registration refuses them first, by line.
+DEFAULT_MAX_TOKENS: int = TrainConfig.model_fields["max_length"].default
 
 
 def _tokenizer_path() -> Path:
@@ -25,18 +32,41 @@ def _tokenizer_path() -> Path:
         fail(escape(str(err)))
 
 
+def token_counter(model_path: Path) -> TokenCounter:
+    """Tokens of each pair's prompt + target, as the trainer counts them (finetune.data.row_lengths)."""
+    from finetune.data import row_lengths
+    from finetune.model import load_tokenizer
+    from schemas.prompt import build_example
+
+    tokenizer = load_tokenizer(str(model_path))
+
+    def count(name: str, schema: dict, instructions: str | None, pairs: list[RawPair]) -> list[int]:
+        rows = [build_example(name, schema, p.input, p.output, instructions) for p in pairs]
+        return [row_lengths(tokenizer, row)[1] for row in rows]
+
+    return count
+
+
 def _fail_on_refusal(err: Exception) -> None:
     """End the verb with the registry's own message for a refusal; re-raise anything else (a bug)."""
-    from schemas.errors import RegistryError, SchemaError
-    from schemas.register import StrictFailure
+    from schemas.errors import PairsRefused, RegistryError, SchemaError
 
-    if isinstance(err, StrictFailure):
+    if isinstance(err, PairsRefused):
         for issue in err.issues:
             errors.print(issue.render(), markup=False)
-        fail(f"{len(err.issues)} bad pair(s); --strict: nothing was written")
+        fail(escape(err.summary))
     if isinstance(err, SchemaError | RegistryError | OSError):
         fail(escape(str(err)))
     raise err
+
+
+def _naming_source(err: Exception, source: str) -> Exception:
+    """A schema refusal names the file (or module:Class) it came from, like a parse error does."""
+    from schemas.errors import SchemaError
+
+    if isinstance(err, SchemaError) and err.file is None:
+        return SchemaError(err.code, err.message, err.pointer, err.fix, source)
+    return err
 
 
 def _print_outcome(outcome) -> None:  # type: ignore[no-untyped-def]
@@ -69,6 +99,13 @@ def register(
         Path | None, typer.Option(help="Folder of *.j2 Jinja templates for `generate`.")
     ] = None,
     strict: Annotated[bool, typer.Option(help="Abort, writing nothing, if any pair is bad.")] = False,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Refuse pairs whose prompt + JSON target exceed this many tokens of the base model "
+            "(the training max_length; 0: no limit)."
+        ),
+    ] = DEFAULT_MAX_TOKENS,
     example: Annotated[
         bool, typer.Option(help="Register the bundled example NAME (schema, pairs, templates).")
     ] = False,
@@ -93,7 +130,9 @@ def register(
         fail("give --schema FILE (or module:Class), or --example for a bundled example")
     try:
         document, source = read_schema_source(schema)
-        with GrammarWorker(_tokenizer_path()) as worker:
+        model = _tokenizer_path()
+        counter = token_counter(model) if pairs and max_tokens > 0 else None
+        with GrammarWorker(model) as worker:
             outcome = register_schema(
                 layout().schemas,
                 name,
@@ -104,9 +143,11 @@ def register(
                 templates=templates,
                 strict=strict,
                 source=source,
+                count_tokens=counter,
+                max_tokens=max_tokens,
             )
     except Exception as err:
-        _fail_on_refusal(err)
+        _fail_on_refusal(_naming_source(err, schema))
     _print_outcome(outcome)
     if outcome.issues and strict:
         raise typer.Exit(1)

@@ -28,18 +28,26 @@ def serve(
     max_lora_rank: Annotated[int, typer.Option(help="Largest adapter rank (8, 16, 32, 64...).")] = 16,
     max_cpu_loras: Annotated[int, typer.Option(help="Adapters cached in memory; more load on demand.")] = 16,
     max_tokens: Annotated[int, typer.Option(help="Cap on generated tokens per request.")] = 256,
-    max_in_flight: Annotated[int, typer.Option(help="Requests admitted at once; more get 429.")] = 64,
+    max_in_flight: Annotated[int, typer.Option(help="Requests sent to the engine at once.")] = 64,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests waiting for an engine slot; past in-flight + queue, 429.")
+    ] = 0,
     timeout: Annotated[float, typer.Option(help="Per-request deadline in seconds; past it, 504.")] = 60.0,
     log_text: Annotated[bool, typer.Option(help="Log request texts (off by default).")] = False,
+    log_level: Annotated[
+        str, typer.Option(help="info, warning, or debug (debug needs --log-text: it may log documents).")
+    ] = "info",
 ) -> None:
-    """Serve every schema's live release over HTTP: /v1/extract, OpenAI-compatible /v1/chat/completions."""
+    """Serve every schema's live release over HTTP: /v1/extract, OpenAI-compatible /v1/chat/completions.
+
+    Other limits are FORMA_SERVE_* variables (e.g. FORMA_SERVE_BODY_TIMEOUT_S, FORMA_SERVE_MAX_HEADER_BYTES).
+    """
     from pydantic import ValidationError
 
     from finetune.base_model import BaseModelError, resolve_base
-    from serve.auth import KeyConfigError
     from serve.gateway import EngineStartError
     from serve.server import run_server
-    from serve.settings import ServeSettings
+    from serve.settings import ServeSettings, SettingsError
 
     paths = layout()
     try:
@@ -63,10 +71,12 @@ def serve(
             max_cpu_loras=max_cpu_loras,
             max_tokens=max_tokens,
             max_in_flight=max_in_flight,
+            max_queue=max_queue,
             request_timeout_s=timeout,
             log_text=log_text,
+            log_level=log_level,  # type: ignore[arg-type]
             engine_log=paths.home / "logs" / "engine.log",
         )
         run_server(settings)
-    except (KeyConfigError, EngineStartError, BaseModelError, ValidationError) as err:
+    except (SettingsError, EngineStartError, BaseModelError, ValidationError) as err:
         fail(str(err))

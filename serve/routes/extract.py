@@ -4,31 +4,50 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve.deps import Caller, GatewayDep, Slot, bind
+from serve.deps import Caller, Deadline, GatewayDep, bind, remaining
 from serve.errors import ApiError, ErrorInfo, responses
 from serve.extraction import generate, guarded
 from serve.generation import Generated, check_text
 from serve.logs import log
 
 router = APIRouter(prefix="/v1/extract", tags=["extract"])
-ERRORS = responses(401, 403, 404, 413, 422, 429, 502, 503, 504)
+ERRORS = responses(401, 404, 413, 422, 429, 499, 502, 503, 504)
+EXAMPLE_TEXT = "Invoice from ACME Tools, total 120 EUR, already paid by card."
+# Request bodies: unknown fields and loosely typed values ("5" for 5, 0 for false) are refused (D4).
+STRICT = ConfigDict(extra="forbid", strict=True)
+# A text forma decodes: one visible character at least, no NUL (`check_text`'s rules, in the spec so
+# clients and contract fuzzers know them). The length limit is the server's --max-text-chars (413).
+Text = Annotated[
+    str,
+    Field(
+        pattern=r"^[^\x00]*[^\s\x00\x1c-\x1f][^\x00]*$",
+        description="UTF-8 text with a visible character and no NUL; at most --max-text-chars (413).",
+    ),
+]
+SchemaName = Annotated[
+    str, Path(description="A schema name from GET /v1/schemas, or a release id.", examples=["invoice"])
+]
 
 
 class ExtractRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    text: str = Field(description="The document to extract from.")
+    text: Text = Field(description="The document to extract from.", examples=[EXAMPLE_TEXT])
 
 
 class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    texts: list[str] = Field(min_length=1, description="Documents, decoded together in the engine.")
+    texts: list[Text] = Field(
+        min_length=1,
+        description="Documents, decoded together in the engine; at most --max-batch (413).",
+        examples=[[EXAMPLE_TEXT]],
+    )
 
 
 class Usage(BaseModel):
@@ -82,9 +101,14 @@ def _served(binding: Any, items: list[Generated], started: float) -> dict[str, A
     }
 
 
-@router.post("/{schema}", response_model=ExtractResponse, responses=ERRORS)
+@router.post("/{schema}", operation_id="extract", response_model=ExtractResponse, responses=ERRORS)
 async def extract(
-    schema: str, body: ExtractRequest, request: Request, gw: GatewayDep, caller: Caller, _: Slot
+    schema: SchemaName,
+    body: ExtractRequest,
+    request: Request,
+    gw: GatewayDep,
+    caller: Caller,
+    deadline: Deadline,
 ):
     """Extract one record from `text` with the schema's live release."""
     started = time.perf_counter()
@@ -92,13 +116,18 @@ async def extract(
     check_text(body.text, gw.settings.max_text_chars)
     if gw.settings.log_text:
         log("request_text", text=body.text)
-    generated = await guarded(generate(gw, binding, body.text), request, gw.settings.request_timeout_s)
+    generated = await guarded(generate(gw, binding, body.text), request, remaining(deadline))
     return ExtractResponse(data=generated.data, **_served(binding, [generated], started))
 
 
-@router.post("/{schema}/batch", response_model=BatchResponse, responses=ERRORS)
+@router.post("/{schema}/batch", operation_id="extract_batch", response_model=BatchResponse, responses=ERRORS)
 async def extract_batch(
-    schema: str, body: BatchRequest, request: Request, gw: GatewayDep, caller: Caller, _: Slot
+    schema: SchemaName,
+    body: BatchRequest,
+    request: Request,
+    gw: GatewayDep,
+    caller: Caller,
+    deadline: Deadline,
 ):
     """Extract one record per text; the texts are batched in the engine. Each item succeeds or fails alone."""
     started = time.perf_counter()
@@ -120,6 +149,6 @@ async def extract_batch(
         return BatchItem(index=index, data=generated.data), generated
 
     work = asyncio.gather(*(one(i, t) for i, t in enumerate(body.texts)))
-    pairs = await guarded(work, request, gw.settings.request_timeout_s)
+    pairs = await guarded(work, request, remaining(deadline))
     done = [g for _, g in pairs if g is not None]
     return BatchResponse(results=[item for item, _ in pairs], **_served(binding, done, started))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from serve.deps import GatewayDep
 
@@ -12,10 +12,14 @@ router = APIRouter(tags=["health"])
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     status: str
 
 
 class Readiness(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     ready: bool
     reason: str | None = None
     schemas: int
@@ -31,12 +35,15 @@ async def healthz() -> Health:
     "/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready."}}
 )
 async def readyz(gw: GatewayDep) -> JSONResponse:
-    """Ready when the engine answers, the live adapters are loaded, and the gateway is not draining."""
+    """Ready when the engine answers and makes progress, the live adapters are loaded, and the gateway
+    is not draining. Reads gateway state only: it never calls the engine, so probes stay cheap."""
     table = gw.table
     unloaded = [b.release_id for b in table.bindings.values() if b.release_id not in table.loaded]
     reason = None
     if gw.admission.draining:
         reason = "draining"
+    elif gw.stalled_since is not None:  # alive and healthy, but finishing nothing (RELIABILITY F4)
+        reason = "engine stalled"
     elif not gw.admission.engine_ready:
         reason = "engine not ready"
     elif unloaded:

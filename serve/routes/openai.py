@@ -9,58 +9,126 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from schemas.canonical import canonical_output, schema_hash
-from serve.deps import Caller, GatewayDep, Slot, bind
+from serve.deps import Caller, Deadline, GatewayDep, bind, remaining
 from serve.errors import ApiError, ErrorDetail, responses
 from serve.extraction import generate, guarded
 from serve.generation import Binding, check_text
-from serve.routes.extract import Usage
+from serve.routes.extract import STRICT, Text, Usage
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 5 and 5.0 are, "5" and true are not (strict mode alone refuses 5.0)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    if type(value) is not int:
+        raise ValueError("expected a JSON integer")
+    return value
 
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+
+def _json_false(value: Any) -> Any:
+    """`false` only: 0 == False in Python, so a Literal[False] alone would take 0."""
+    if value is not False:
+        raise ValueError("expected false: streaming is not supported")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+TokenCount = Annotated[int, Field(ge=1), BeforeValidator(_json_integer)]
+
+
+class TextPart(BaseModel):
+    model_config = STRICT
+
+    type: Literal["text"]
+    text: Text
+
+
+class UserMessage(BaseModel):
+    """The one message forma takes: the document. forma builds the instructions from the registered
+    schema, so system, developer, assistant and tool messages are refused (422)."""
+
+    model_config = STRICT
+
+    role: Literal["user"]
+    content: Text | Annotated[list[TextPart], Field(min_length=1)]
     name: str | None = None
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = Field(default=None, description="{name, schema, strict}")
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] = Field(
+        alias="schema", description="Must be the schema the release was trained on (else 409)."
+    )
+    strict: bool | None = None
+
+
+class TextFormat(BaseModel):
+    model_config = STRICT
+
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = STRICT
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = STRICT
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    model: str = Field(description="A release id from GET /v1/models, or a schema name (its live release).")
-    messages: list[ChatMessage] = Field(min_length=1, description="Exactly one user message: the text.")
-    max_tokens: int | None = Field(default=None, ge=1, description="Capped by the server's --max-tokens.")
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    model: str = Field(
+        description="A release id from GET /v1/models, or a schema name (its live release).",
+        examples=["invoice"],
+    )
+    messages: list[UserMessage] = Field(
+        min_length=1,
+        max_length=1,
+        description="Exactly one user message: the text.",
+        examples=[[{"role": "user", "content": "Invoice from ACME Tools, 120 EUR, paid."}]],
+    )
+    max_tokens: TokenCount | None = Field(default=None, description="Capped by the server's --max-tokens.")
+    max_completion_tokens: TokenCount | None = None
     response_format: ResponseFormat | None = None
     temperature: float | None = Field(default=None, description="Accepted; extraction decodes greedily.")
     top_p: float | None = Field(default=None, description="Accepted; extraction decodes greedily.")
-    seed: int | None = None
+    seed: JsonInt | None = None
     user: str | None = None
-    n: Literal[1] = 1
-    stream: Literal[False] = False
+    n: Annotated[Literal[1], BeforeValidator(_json_integer)] = 1
+    stream: Annotated[Literal[False], BeforeValidator(_json_false)] = False
 
 
 class AssistantMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     role: Literal["assistant"] = "assistant"
     content: str
 
 
 class Choice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop"] = "stop"
@@ -68,6 +136,8 @@ class Choice(BaseModel):
 
 
 class ChatCompletion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -77,6 +147,8 @@ class ChatCompletion(BaseModel):
 
 
 class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     id: str
     object: Literal["model"] = "model"
     created: int = 0
@@ -84,33 +156,26 @@ class ModelCard(BaseModel):
 
 
 class ModelList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
-def user_text(messages: list[ChatMessage]) -> str:
-    """The one user message's text. Other roles are refused: forma owns the system prompt."""
-    if len(messages) != 1 or messages[0].role != "user":
-        raise ApiError(
-            422,
-            "invalid_request",
-            "send exactly one message, role 'user', holding the text; "
-            "forma builds the instructions from the registered schema",
-            [ErrorDetail(pointer="/messages", message="expected [{role: user, content: TEXT}]")],
-        )
+def user_text(messages: list[UserMessage]) -> str:
+    """The one user message's text (its text parts joined)."""
     content = messages[0].content
-    if isinstance(content, list):
-        content = "".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
-    return content or ""
+    return content if isinstance(content, str) else "".join(part.text for part in content)
 
 
 def check_response_format(fmt: ResponseFormat | None, binding: Binding) -> None:
-    if fmt is None or fmt.type != "json_schema":
+    """A json_schema response_format must be the schema the release learned: 409 (it conflicts with
+    the live release, which a later release may change) rather than a silently different output."""
+    if not isinstance(fmt, JsonSchemaFormat):
         return
-    asked = (fmt.json_schema or {}).get("schema")
-    if not isinstance(asked, dict) or schema_hash(asked) != schema_hash(binding.schema):
+    if schema_hash(fmt.json_schema.schema_) != schema_hash(binding.schema):
         raise ApiError(
-            422,
+            409,
             "schema_mismatch",
             f"response_format.json_schema.schema differs from schema "
             f"{binding.schema_name} {binding.schema_version[:12]} that release {binding.release_id} "
@@ -121,17 +186,21 @@ def check_response_format(fmt: ResponseFormat | None, binding: Binding) -> None:
 
 @router.post(
     "/chat/completions",
+    operation_id="chat_completions",
     response_model=ChatCompletion,
-    responses=responses(401, 403, 404, 413, 422, 429, 502, 503, 504),
+    responses=responses(401, 404, 409, 413, 422, 429, 499, 502, 503, 504),
 )
-async def chat_completions(body: ChatRequest, request: Request, gw: GatewayDep, caller: Caller, _: Slot):
+async def chat_completions(
+    body: ChatRequest, request: Request, gw: GatewayDep, caller: Caller, deadline: Deadline
+):
     """Extraction in OpenAI's shape: the reply's content is the schema-valid JSON record."""
     binding = bind(gw, caller, body.model)
     check_response_format(body.response_format, binding)
     text = user_text(body.messages)
     check_text(text, gw.settings.max_text_chars)
     max_tokens = body.max_completion_tokens or body.max_tokens
-    generated = await guarded(generate(gw, binding, text, max_tokens), request, gw.settings.request_timeout_s)
+    work = generate(gw, binding, text, max_tokens)
+    generated = await guarded(work, request, remaining(deadline))
     content = canonical_output(generated.data, binding.schema)
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -142,7 +211,21 @@ async def chat_completions(body: ChatRequest, request: Request, gw: GatewayDep, 
     )
 
 
-@router.get("/models", response_model=ModelList, responses=responses(401))
+CHAT_LINK = {
+    "operationId": "chat_completions",
+    "requestBody": {
+        "model": "$response.body#/data/0/id",
+        "messages": [{"role": "user", "content": "ACME, 3 EUR"}],
+    },
+}
+
+
+@router.get(
+    "/models",
+    operation_id="list_models",
+    response_model=ModelList,
+    responses={**responses(401), 200: {"description": "Live releases.", "links": {"chat": CHAT_LINK}}},
+)
 async def list_models(gw: GatewayDep, caller: Caller) -> ModelList:
     """The live releases this key may use, one model per schema."""
     bindings = [b for b in gw.table.bindings.values() if caller.may_use(b.schema_name)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from serve.deps import Caller, GatewayDep
 from serve.errors import responses
@@ -14,6 +14,8 @@ router = APIRouter(prefix="/v1", tags=["schemas"])
 
 
 class SchemaEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     version: str
     release: str
@@ -21,10 +23,24 @@ class SchemaEntry(BaseModel):
 
 
 class SchemaList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     data: list[SchemaEntry]
 
 
-@router.get("/schemas", response_model=SchemaList, responses=responses(401))
+# OpenAPI links: a listed schema's name is what the extract routes take (schemathesis follows them).
+LINKS = {
+    name: {"operationId": name, "parameters": {"schema": "$response.body#/data/0/name"}}
+    for name in ("extract", "extract_batch")
+}
+
+
+@router.get(
+    "/schemas",
+    operation_id="list_schemas",
+    response_model=SchemaList,
+    responses={**responses(401), 200: {"description": "The schemas this key may use.", "links": LINKS}},
+)
 async def list_schemas(gw: GatewayDep, caller: Caller) -> SchemaList:
     bindings = sorted(gw.table.bindings.values(), key=lambda b: b.schema_name)
     entries = [

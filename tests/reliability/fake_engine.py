@@ -54,6 +54,9 @@ class Log:
     loads: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    health_checks: int = 0  # GET /health calls: proves readiness probes never reach the engine
+    open: int = 0  # chat requests received and not yet answered (waiting for a slot included)
+    max_open: int = 0
 
 
 class FakeEngine:
@@ -95,6 +98,7 @@ class FakeEngine:
         return len(self.log.requests)
 
     async def health(self, request: Request) -> Response:
+        self.log.health_checks += 1
         return Response(status_code=200 if self.knobs.healthy else 503)
 
     async def models(self, request: Request) -> Response:
@@ -113,7 +117,12 @@ class FakeEngine:
             self._slots = asyncio.Semaphore(self.knobs.concurrency)
         work = asyncio.ensure_future(self._answer(body))
         gone = asyncio.ensure_future(_disconnected(request))
-        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        self.log.open += 1
+        self.log.max_open = max(self.log.max_open, self.log.open)
+        try:
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.log.open -= 1
         for task in (work, gone):
             task.cancel()
         await asyncio.gather(work, gone, return_exceptions=True)

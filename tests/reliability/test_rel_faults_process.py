@@ -1,0 +1,238 @@
+"""RELIABILITY F2 and F3 on a real `forma serve` process (the gateway and its own vLLM child) under load.
+
+One process runs the whole sequence, so vLLM starts three times in all instead of once per case:
+  F3  kill -9 the vLLM child while 10 request loops run;
+  F2  SIGTERM the vLLM child while they run (the engine half of F2);
+  F2  SIGTERM the gateway while they run.
+It supersedes a one-request-at-a-time check of the same doors; it adds the load and
+the per-request accounting (a harness in the spirit of vLLM's `ShutdownState` counters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import psutil
+import pytest
+from serve_fixtures import Home
+from test_serve_support import FORMA, TEXTS, engine_pid, wait_ready
+
+from serve.engine_process import free_port
+
+pytestmark = pytest.mark.slow
+LOOPS = 10
+DRAIN_S = 60  # generous: on 2 busy cores an in-flight extraction can take tens of seconds
+FAIL_FAST_S = 2.0  # RELIABILITY F3: a request caught by an engine fault is answered within this
+
+
+@dataclass
+class Outcome:
+    sent: float
+    done: float
+    result: int | str  # the HTTP status, or the name of the httpx error (ConnectError: refused)
+
+
+@dataclass
+class Load:
+    """LOOPS client threads sending extractions back to back, each with its own keep-alive connection.
+    After a non-200 a loop waits 1 s (a polite client); a refused connection ends it (server gone)."""
+
+    url: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    current: dict[int, float] = field(default_factory=dict)  # loop -> when its pending request was sent
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> Load:
+        self.threads = [threading.Thread(target=self.loop, args=(n,), daemon=True) for n in range(LOOPS)]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        deadline = time.monotonic() + 150  # longer than the 140 s client timeout: only a hang is left
+        for thread in self.threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        # A request that hangs (no answer, no close) keeps its loop alive: that is a failure.
+        assert not any(t.is_alive() for t in self.threads), f"requests hang: {self.current}"
+
+    def loop(self, n: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=140) as client:
+            while not self.stop.is_set():
+                sent = self.current[n] = time.monotonic()
+                try:
+                    result: int | str = client.post(
+                        "/v1/extract/invoice", json={"text": TEXTS[n % 4]}
+                    ).status_code
+                except httpx.HTTPError as err:
+                    result = type(err).__name__
+                del self.current[n]
+                self.outcomes.append(Outcome(sent, time.monotonic(), result))
+                if result == "ConnectError":
+                    return
+                if result != 200:
+                    time.sleep(1.0)
+
+    def wait_in_flight(self, count: int, older_than: float = 0.0, within: float = 300) -> None:
+        """Until `count` requests are pending, one of them for `older_than` seconds, and the engine
+        has answered at least one 200."""
+        deadline = time.monotonic() + within
+        while (
+            len(self.current) < count
+            or not any(o.result == 200 for o in self.outcomes)
+            or time.monotonic() - min(self.current.values(), default=time.monotonic()) < older_than
+        ):
+            assert time.monotonic() < deadline, "the load never got going"
+            time.sleep(0.05)
+
+    def caught(self, at: float) -> list[Outcome]:
+        """The requests that were pending at `at`."""
+        return [o for o in self.outcomes if o.sent < at < o.done]
+
+    def after(self, at: float) -> list[Outcome]:
+        return [o for o in self.outcomes if o.sent >= at]
+
+
+def poll_until(url: str, status: int, within: float) -> float:
+    started = time.monotonic()
+    while True:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == status:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() - started < within, f"/readyz never answered {status}"
+        time.sleep(0.1)
+
+
+def group(pid: int) -> list[int]:
+    return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+
+
+def assert_reaped(pids: list[int], within: float) -> None:
+    deadline = time.monotonic() + within
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids):
+        assert time.monotonic() < deadline, "engine processes outlived their stop"
+        time.sleep(0.2)
+
+
+def serves(url: str) -> None:
+    response = httpx.post(url + "/v1/extract/invoice", json={"text": TEXTS[0]}, timeout=140)
+    assert response.status_code == 200, response.text
+
+
+def engine_killed_under_load(url: str, proc: subprocess.Popen[bytes]) -> float:
+    """F3: in-flight requests get 503 within 2 s, readiness drops, the supervisor restarts the engine
+    in the same gateway process. Returns the recovery time (kill -> ready)."""
+    old = engine_pid(proc)
+    family = group(old)
+    with Load(url) as load:
+        load.wait_in_flight(LOOPS // 2)
+        killed = time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        poll_until(url, 503, within=FAIL_FAST_S)
+        time.sleep(FAIL_FAST_S + 1)
+    caught = load.caught(killed)
+    assert caught and {o.result for o in caught} == {503}, [o.result for o in caught]
+    assert max(o.done for o in caught) - killed < FAIL_FAST_S
+    assert {o.result for o in load.after(killed)} <= {503}  # refused at the door while it is down
+    recovery = (time.monotonic() - killed) + wait_ready(url, proc, timeout=420)
+    assert engine_pid(proc) != old and proc.poll() is None
+    assert_reaped(family, within=10)
+    serves(url)
+    return recovery
+
+
+def engine_terminated_under_load(url: str, proc: subprocess.Popen[bytes]) -> None:
+    """F2, engine half: SIGTERM to vLLM. vLLM stops its engine core, then waits without limit for open
+    connections; the gateway sees its health fail, fails the pending requests with 503 at once (so vLLM
+    can exit), restarts it and serves again. Every request gets 200 or 503; none waits for its deadline."""
+    old = engine_pid(proc)
+    with Load(url) as load:
+        load.wait_in_flight(LOOPS // 2)
+        termed = time.monotonic()
+        os.kill(old, signal.SIGTERM)
+        poll_until(url, 503, within=10)
+        time.sleep(2)  # the loops keep knocking while it is down: refused at the door
+    assert {o.result for o in load.outcomes} <= {200, 503}, [o.result for o in load.outcomes]
+    caught = load.caught(termed)
+    assert caught and max(o.done for o in caught) - termed < 10, [o.done - termed for o in caught]
+    wait_ready(url, proc, timeout=420)
+    assert engine_pid(proc) != old and proc.poll() is None
+    serves(url)
+
+
+def gateway_terminated_under_load(url: str, proc: subprocess.Popen[bytes]) -> None:
+    """F2: SIGTERM to the gateway. /readyz and new requests answer 503 at once, admitted requests
+    finish with 200, the process exits within drain + 10 s, every engine process is reaped."""
+    family = group(proc.pid)[1:]
+    with Load(url) as load:
+        load.wait_in_flight(LOOPS // 2, older_than=1.5)
+        termed = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        ready = httpx.get(url + "/readyz", timeout=5)
+        assert ready.status_code == 503 and ready.json()["reason"] == "draining"
+        fresh = httpx.post(url + "/v1/extract/invoice", json={"text": TEXTS[0]}, timeout=5)
+        assert fresh.status_code == 503 and fresh.json()["error"]["code"] == "unavailable"
+        assert fresh.headers["retry-after"] and fresh.headers["connection"] == "close"
+        code = proc.wait(timeout=DRAIN_S + 10)
+        exited = time.monotonic()
+    assert code in (0, -signal.SIGTERM)
+    assert_reaped(family, within=10)
+    # Sent a second or more before the signal: admitted by then (10 loops never fill 64 slots), so
+    # the drain must let them finish. One sent a moment before may meet the drain at the door: 503.
+    caught = load.caught(termed)
+    admitted = [o for o in caught if o.sent < termed - 1]
+    assert admitted and {o.result for o in admitted} == {200}, [o.result for o in admitted]
+    assert {o.result for o in caught} <= {200, 503} and max(o.done for o in caught) <= exited
+    late = {o.result for o in load.after(termed)}
+    assert late <= {503, "ConnectError"}, late  # refused with 503 while draining, then no listener
+    print(f"F2: drained {len(admitted)} in-flight requests, exited {exited - termed:.1f} s after SIGTERM")
+
+
+def stop_all(proc: subprocess.Popen[bytes]) -> None:
+    """After a failure: the gateway and its engine group (its own session, so not killed with it)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(psutil.Error, StopIteration, ProcessLookupError):
+        os.killpg(engine_pid(proc), signal.SIGKILL)
+    proc.kill()
+    proc.wait()
+
+
+def test_f2_f3_engine_crash_engine_sigterm_and_gateway_sigterm_under_load(home: Home) -> None:
+    """F3 then F2 (engine, then gateway) on one `forma serve` with 10 concurrent request loops."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = os.environ | {
+        "FORMA_HOME": str(home.root),  # the session's registry and ledger: invoice and contact live
+        "FORMA_SERVE_ENGINE_CHECK_S": "0.5",
+        "FORMA_SERVE_DRAIN_TIMEOUT_S": str(DRAIN_S),
+    }
+    command = [FORMA, "serve", "--open", "--port", str(port), "--max-cpu-loras", "4", "--timeout", "120"]
+    log = home.root / "logs" / f"serve-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(url, proc, timeout=300)
+        recovery = engine_killed_under_load(url, proc)
+        print(f"F3: service back {recovery:.1f} s after kill -9 of the engine")
+        engine_terminated_under_load(url, proc)
+        gateway_terminated_under_load(url, proc)
+    except BaseException:
+        events = [line for line in log.read_text().splitlines() if '"msg": "request"' not in line]
+        print("\n".join(events[-40:]))  # the gateway's own account, shown with the failure
+        raise
+    finally:
+        stop_all(proc)
+    text = log.read_text()
+    assert text.count('"msg": "engine_restarted"') == 2 and '"msg": "stopped"' in text
