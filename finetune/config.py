@@ -69,6 +69,9 @@ class TrainConfig(BaseModel):
     compact_lm_head: bool = Field(
         True, description="Project through the LM head only at positions that carry loss (the JSON tokens)."
     )
+    fused_lora: bool = Field(
+        True, description="Compute plain LoRA layers as one matmul-only function, not PEFT's per-call casts."
+    )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward: less memory, about a third more compute."
     )

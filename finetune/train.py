@@ -18,9 +18,11 @@ from finetune.checkpoints import CompletenessMarker, check_safe_versions, resume
 from finetune.config import TrainConfig
 from finetune.data import TrainingData, build_rows, check_chat_template, check_data, check_lengths
 from finetune.lifecycle import cancel_on_signals, owned
+from finetune.lora_linear import use_fused_lora
 from finetune.model import (
     choose_threads,
     compact_lm_head,
+    keep_freed_memory,
     load_base,
     load_tokenizer,
     lora_config,
@@ -69,6 +71,7 @@ def train_run(
     # A resumed run keeps its thread count: a different one changes float reduction order, so the result.
     threads = set_threads(previous[1].hardware["torch_threads"] if previous else choose_threads(config))
     precision = resolve_precision(config)
+    keep_freed_memory()
     args = sft_args(config, precision, runs_root, progress)  # also sets up the distributed state
     folder, manifest = previous or _new_run(data, ref, config, runs_root, args, threads, precision)
     args.output_dir = str(folder / CHECKPOINTS)
@@ -249,6 +252,8 @@ def _build_trainer(
     )
     # With tqdm off, transformers prints every log dict; forma's bar and metrics.jsonl already carry them.
     trainer.remove_callback(PrinterCallback)
+    if config.fused_lora:
+        use_fused_lora(trainer.model)
     return trainer
 
 
