@@ -18,7 +18,7 @@ from serve.gateway import Gateway
 from serve.limits import BodyLimit
 from serve.logs import RequestContext
 from serve.routes import admin, extract, health, openai, reference, schemas
-from serve.settings import ServeSettings, SettingsError, log_policy_error
+from serve.settings import ServeSettings, SettingsError, deterministic_error, log_policy_error
 
 
 @asynccontextmanager
@@ -62,13 +62,14 @@ class RouteMetrics:
 
 
 def create_app(settings: ServeSettings, keys: list[ApiKey] | None = None) -> FastAPI:
-    """The gateway app. Refuses (SettingsError) to exist without keys unless open on loopback, or with
-    a log level that could write documents to the logs without --log-text."""
+    """The gateway app. Refuses (SettingsError) to exist without keys unless open on loopback, with
+    a log level that could write documents to the logs without --log-text, or with deterministic mode
+    over an engine it does not start."""
     keys = load_keys(settings.api_keys_file, settings.api_keys) if keys is None else keys
     problem = access_policy_error(keys, settings.open_access, settings.host)
     if problem:
         raise KeyConfigError(problem)
-    problem = log_policy_error(settings)
+    problem = log_policy_error(settings) or deterministic_error(settings)
     if problem:
         raise SettingsError(problem)
     gateway = Gateway.build(settings, keys)

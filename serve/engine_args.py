@@ -10,8 +10,9 @@ from serve.settings import ServeSettings
 BASE_MODEL_NAME = "forma-base"  # the engine's name for the bare base model; clients never reach it
 
 
-def engine_command(settings: ServeSettings, model: Path, port: int) -> list[str]:
-    """`python -m vllm.entrypoints.openai.api_server ...`, bound to loopback with LoRA on."""
+def engine_command(settings: ServeSettings, model: Path, port: int, gpu: bool = False) -> list[str]:
+    """`python -m vllm.entrypoints.openai.api_server ...`, bound to loopback with LoRA on. `gpu`: the
+    engine runs on an accelerator (it only matters in deterministic mode, see `batch_invariance`)."""
     # Structured outputs stay on vLLM's `auto` backend: the registry checks each schema against the
     # backend auto picks for it. (disable_any_whitespace would need one fixed backend for all schemas;
     # adapters trained on compact JSON emit compact JSON anyway, and max_tokens bounds the rest.)
@@ -39,13 +40,49 @@ def engine_command(settings: ServeSettings, model: Path, port: int) -> list[str]
         "--generation-config",
         "vllm",
         "--disable-uvicorn-access-log",
+        *batch_invariance(settings, gpu)[0],
     ]
 
 
-def engine_env(base: dict[str, str]) -> dict[str, str]:
+def engine_env(
+    base: dict[str, str], settings: ServeSettings | None = None, gpu: bool = False
+) -> dict[str, str]:
     """The child's environment: runtime LoRA loading is on, which is safe only because the engine
     listens on 127.0.0.1 and the gateway is the one caller that can reach it."""
     env = dict(base)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if settings is not None:
+        env.update(batch_invariance(settings, gpu)[1])
     return env
+
+
+def batch_invariance(settings: ServeSettings, gpu: bool) -> tuple[list[str], dict[str, str]]:
+    """Engine arguments and environment of deterministic mode (RELIABILITY B4); nothing when it is off.
+
+    Greedy decoding alone does not make an output repeatable: batched kernels choose their tiling and
+    reduction order by the batch's shape, so the same request can decode differently beside others.
+    On GPU, VLLM_BATCH_INVARIANT=1 swaps in vLLM's batch-invariant kernels (CUDA/XPU), batching kept.
+    vLLM-CPU 0.32 has none: its attention backend's supports_batch_invariance() is False, and with the
+    variable set the engine dies on its first request (the invariant bmm is a Triton kernel). Measured
+    there (10 trials each, 1 solo vs 4 identical and 6 mixed-adapter concurrent requests): the oneDNN
+    GEMMs' rows change with the batch's row count on AMX CPUs, and no setting fixed it while batching
+    (no split KV, no prefix caching, no chunked prefill: 5/10 and 9/10 trials still differ; capping
+    ONEDNN_MAX_CPU_ISA below AMX, which makes the GEMMs row-invariant, kills the worker with SIGILL:
+    probably from the AMX attention kernel). So on CPU each request runs
+    alone (--max-num-seqs 1: 0/10 differ): a batch of one is the same computation whatever is queued,
+    at the cost of batching (about 4x lower throughput at 8 concurrent requests)."""
+    if not settings.deterministic:
+        return [], {}
+    if gpu:
+        return [], {"VLLM_BATCH_INVARIANT": "1"}
+    return ["--max-num-seqs", "1"], {}
+
+
+def batch_invariance_note(settings: ServeSettings, gpu: bool) -> str:
+    """How the engine keeps outputs batch-invariant, for the startup log."""
+    if not settings.deterministic:
+        return "off: requests are batched; outputs at temperature 0 may vary with the batch"
+    if gpu:
+        return "on: VLLM_BATCH_INVARIANT=1 (vLLM's batch-invariant kernels)"
+    return "on: --max-num-seqs 1 (vLLM-CPU has no batch-invariant kernels: one request at a time)"

@@ -22,6 +22,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def engine_on_gpu() -> bool:
+    """Whether the child engine will run on an accelerator: vLLM's own platform detection, the one the
+    child makes. It imports vLLM (seconds), so the gateway asks only when the answer matters."""
+    from vllm.platforms import current_platform
+
+    return not current_platform.is_cpu()
+
+
 class EngineProcess:
     """One child engine. `start` may be called again after it died (the supervisor restarts it)."""
 

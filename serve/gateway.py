@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 
 from serve.auth import ApiKey
-from serve.engine_args import BASE_MODEL_NAME, engine_command, engine_env
+from serve.engine_args import BASE_MODEL_NAME, batch_invariance_note, engine_command, engine_env
 from serve.engine_client import EngineRejected, EngineUnavailable
-from serve.engine_process import EngineProcess, free_port
+from serve.engine_process import EngineProcess, engine_on_gpu, free_port
 from serve.engine_watch import WatchedEngineClient
 from serve.limits import Admission
 from serve.logs import log
@@ -52,22 +52,25 @@ class Gateway:
     stalled_since: float | None = None  # set while the engine is stalled
     down_since: float | None = None  # set while the engine is down (refused, dead or exited)
     probe: asyncio.Task[None] | None = None
+    batching: str | None = None  # how the child engine batches (deterministic mode), for the startup log
 
     @classmethod
     def build(cls, settings: ServeSettings, keys: list[ApiKey]) -> Gateway:
-        metrics, process = Metrics(), None
+        metrics, process, batching = Metrics(), None, None
         url = settings.engine_url
         if url is None:
             if settings.base_model is None:
                 raise EngineStartError("no --engine-url and no base model to start an engine with")
             port = settings.engine_port or free_port()
-            command = engine_command(settings, settings.base_model, port)
-            process = EngineProcess(command, engine_env(dict(os.environ)), settings.engine_log)
-            url = f"http://127.0.0.1:{port}"
+            gpu = settings.deterministic and engine_on_gpu()  # the device matters only to that mode
+            command = engine_command(settings, settings.base_model, port, gpu)
+            env = engine_env(dict(os.environ), settings, gpu)
+            process = EngineProcess(command, env, settings.engine_log)
+            url, batching = f"http://127.0.0.1:{port}", batch_invariance_note(settings, gpu)
         table = ReleaseTable(settings, metrics)
         engine = WatchedEngineClient(url, max_connections=settings.max_in_flight + 8)
         admission = Admission(settings.max_in_flight, settings.max_queue)
-        return cls(settings, keys, engine, table, metrics, admission, process)
+        return cls(settings, keys, engine, table, metrics, admission, process, batching=batching)
 
     def set_ready(self, ready: bool) -> None:
         self.admission.engine_ready = ready
@@ -75,6 +78,7 @@ class Gateway:
 
     async def start(self) -> None:
         if self.process is not None:
+            log("engine_starting", deterministic=self.settings.deterministic, batching=self.batching)
             await asyncio.to_thread(self.process.start)
         await self.wait_for_engine()
         report = await self.table.refresh(self.engine)

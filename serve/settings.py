@@ -90,6 +90,12 @@ class ServeSettings(BaseSettings):
         description="Gateway log level. debug adds engine and exception messages, which may quote "
         "documents, so it is refused unless log_text is on.",
     )
+    deterministic: bool = Field(
+        default=False,
+        description="Batch-invariant engine (RELIABILITY B4): a request's output does not depend on what "
+        "else is batched with it. GPU: vLLM's batch-invariant kernels; CPU, which has none: one request at "
+        "a time, at a throughput cost. Only for the engine forma starts (not with engine_url).",
+    )
     engine_stall_s: float = Field(
         default=60.0,
         gt=0,
@@ -103,5 +109,17 @@ def log_policy_error(settings: ServeSettings) -> str | None:
         return (
             "log level debug may write document text to the logs (engine and exception messages): "
             "add --log-text to accept that, or use --log-level info"
+        )
+    return None
+
+
+def deterministic_error(settings: ServeSettings) -> str | None:
+    """RELIABILITY B4: the mode is a setting of the engine forma starts; an engine behind engine_url was
+    started by someone else, and saying "deterministic" over it would promise what nobody configured."""
+    if settings.deterministic and settings.engine_url is not None:
+        return (
+            "--deterministic configures the engine forma starts, not one at --engine-url: start that "
+            "engine batch-invariant yourself (GPU: VLLM_BATCH_INVARIANT=1; CPU: --max-num-seqs 1) and "
+            "drop --deterministic, or drop --engine-url"
         )
     return None

@@ -24,6 +24,7 @@ from test_serve_support import INVOICE, make_adapters, promote_run, register_sch
 from serve.app import create_app
 from serve.engine_args import engine_command, engine_env
 from serve.engine_process import EngineProcess, free_port
+from serve.server import server_config
 from serve.settings import ServeSettings
 
 ADMIN = "admin-key-0123456789abcdef"
@@ -90,20 +91,21 @@ def engine_url(home: Home, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 class Gateway:
-    """A real uvicorn server on a free loopback port, in a thread."""
+    """The gateway app under the uvicorn config `forma serve` uses (`server_config`: its head limits,
+    keep-alive and drain wrapper), on a free loopback port, in a thread."""
 
     def __init__(self, settings: ServeSettings) -> None:
+        self.settings, self.port = settings, settings.port
         self.app = create_app(settings)
         self.url = f"http://127.0.0.1:{settings.port}"
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(server_config(self.app, settings))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> Gateway:
         self.thread.start()
-        deadline = time.monotonic() + 60
+        # Startup waits for the engine: seconds for a running one, a vLLM start for a child engine.
+        starting = 60 if self.settings.engine_url else self.settings.engine_start_timeout_s + 30
+        deadline = time.monotonic() + starting
         while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert self.server.started, "gateway did not start"

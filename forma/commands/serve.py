@@ -37,6 +37,13 @@ def serve(
     log_level: Annotated[
         str, typer.Option(help="info, warning, or debug (debug needs --log-text: it may log documents).")
     ] = "info",
+    deterministic: Annotated[
+        bool,
+        typer.Option(
+            help="Same request, same output, whatever it is batched with (temperature 0). GPU: vLLM's "
+            "batch-invariant kernels; CPU: one request at a time, much lower throughput."
+        ),
+    ] = False,
 ) -> None:
     """Serve every schema's live release over HTTP: /v1/extract, OpenAI-compatible /v1/chat/completions.
 
@@ -75,6 +82,7 @@ def serve(
             request_timeout_s=timeout,
             log_text=log_text,
             log_level=log_level,  # type: ignore[arg-type]
+            deterministic=deterministic,
             engine_log=paths.home / "logs" / "engine.log",
         )
         run_server(settings)

@@ -1,9 +1,10 @@
 """Helpers (no tests) for the HTTP-surface battery (test_rel_auth, test_rel_load, test_rel_contract).
 
-Gateways here run exactly as `forma serve` runs them: `ShippedGateway` is `server_config(create_app())`
-in a thread (for tests that read the app's state), `GatewayProcess` is the real `forma serve` CLI in its
-own process (for load and memory: its RSS is the gateway's alone, and it does not share a GIL with the
-load generator). `raw_exchange` speaks HTTP/1.1 over a plain socket, for requests httpx will not send.
+Gateways here run exactly as `forma serve` runs them: serve_fixtures' `Gateway` is
+`server_config(create_app())` in a thread (for tests that read the app's state), `GatewayProcess` is the
+real `forma serve` CLI in its own process (for load and memory: its RSS is the gateway's alone, and it
+does not share a GIL with the load generator). `raw_exchange` speaks HTTP/1.1 over a plain socket, for
+requests httpx will not send.
 """
 
 from __future__ import annotations
@@ -23,12 +24,9 @@ from typing import Any
 
 import httpx
 import psutil
-import uvicorn
 from serve_fixtures import ADMIN, CONTACT_ONLY, Home
 
-from serve.app import create_app
 from serve.engine_process import free_port
-from serve.server import server_config
 from serve.settings import ServeSettings
 
 KEYS = f"{ADMIN}=*,admin;{CONTACT_ONLY}=contact"
@@ -57,34 +55,6 @@ def settings_for(home: Home, engine_url: str, **overrides: Any) -> ServeSettings
         "api_keys": KEYS,
     }
     return ServeSettings(**(fields | overrides))
-
-
-class ShippedGateway:
-    """The gateway app under the uvicorn config `forma serve` uses, on a free loopback port, in a thread."""
-
-    def __init__(self, settings: ServeSettings) -> None:
-        self.settings = settings
-        self.app = create_app(settings)
-        self.port = settings.port
-        self.url = f"http://127.0.0.1:{settings.port}"
-        self.server = uvicorn.Server(server_config(self.app, settings))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ShippedGateway:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert self.server.started, "gateway did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    def client(self, key: str | None = ADMIN, timeout: float = 120) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
 
 class GatewayProcess:

@@ -20,8 +20,8 @@ import pytest
 import starlette
 from fastapi.routing import APIRoute
 from packaging.version import Version
-from rel_http import KEYS, ShippedGateway, raw_exchange, settings_for
-from serve_fixtures import ADMIN, CONTACT_ONLY, Home, engine_state
+from rel_http import KEYS, raw_exchange, settings_for
+from serve_fixtures import ADMIN, CONTACT_ONLY, Gateway, Home, engine_state
 from test_serve_support import TEXTS
 
 import serve
@@ -121,10 +121,10 @@ def test_d1_every_guarded_route_answers_401_to_missing_wrong_revoked_or_odd_keys
     to each bad credential, with a well-formed body and with a malformed one, and the engine is never
     asked. A revoked key is one that worked until the gateway restarted without it."""
     revocable = settings_for(home, engine_url, api_keys=f"{KEYS};{REVOKED}=*")
-    with ShippedGateway(revocable) as before, before.client(REVOKED) as client:
+    with Gateway(revocable) as before, before.client(REVOKED) as client:
         assert client.get("/v1/models").status_code == 200
     finished = engine_state(engine_url)[1]
-    with ShippedGateway(settings_for(home, engine_url)) as gw, gw.client(key=None) as client:
+    with Gateway(settings_for(home, engine_url)) as gw, gw.client(key=None) as client:
         routes = list(guarded_routes(gw.app))
         assert len(routes) >= 7
         for method, path in routes:
@@ -171,7 +171,7 @@ def test_d2_host_header_and_path_confusion_never_bypass_auth(home: Home, engine_
         b"x/healthz#",
         b"x/../readyz",
     ]
-    with ShippedGateway(settings_for(home, engine_url)) as gw:
+    with Gateway(settings_for(home, engine_url)) as gw:
         for host in hosts:
             reply = post(b"/v1/extract/invoice", host)
             assert reply.status == 401, (host, reply)
@@ -218,7 +218,7 @@ def test_d3_out_of_scope_schema_is_indistinguishable_from_unknown_and_admin_need
     """D3: a key scoped to `contact` gets 404, the very answer an unknown name gets, for `invoice` on
     every id-bearing route (extract, batch, chat by schema name and by release id); the lists omit it;
     the admin functions answer 403. Ledger, bindings, engine adapters and engine work are unchanged."""
-    with ShippedGateway(settings_for(home, engine_url)) as gw:
+    with Gateway(settings_for(home, engine_url)) as gw:
         state = gw.app.state.gateway
         invoice_release = state.table.bindings["invoice"].release_id
         before = (_ledger_digest(home.releases), dict(state.table.bindings), _engine_models(engine_url))

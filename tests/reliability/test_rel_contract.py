@@ -22,8 +22,8 @@ import pytest
 from fake_engine import FakeEngine
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
-from rel_http import KEYS, ShippedGateway, settings_for, valid_reply
-from serve_fixtures import ADMIN, CONTACT_ONLY, Home, engine_state
+from rel_http import KEYS, settings_for, valid_reply
+from serve_fixtures import ADMIN, CONTACT_ONLY, Gateway, Home, engine_state
 from test_serve_support import TEXTS, promote_run
 from typer.testing import CliRunner
 
@@ -112,7 +112,7 @@ def test_d4_extra_fields_are_422_on_every_body_route_and_reach_nothing(home: Hom
     the response_format), answers 422 invalid_request with the field's pointer, and the engine is
     never asked; the same bodies without it are accepted."""
     finished = engine_state(engine_url)[1]
-    with ShippedGateway(settings_for(home, engine_url)) as gw, gw.client() as client:
+    with Gateway(settings_for(home, engine_url)) as gw, gw.client() as client:
         for path, body in BODY_ROUTES.items():
             for field, value in MASS_ASSIGNMENT.items():
                 response = client.post(path, json=body | {field: value})
@@ -138,7 +138,7 @@ def test_d4_openai_sdk_works_and_its_extra_body_is_refused(home: Home, engine_ur
     while `extra_body` fields are refused (422)."""
     import openai
 
-    with ShippedGateway(settings_for(home, engine_url)) as gw:
+    with Gateway(settings_for(home, engine_url)) as gw:
         client = openai.OpenAI(base_url=gw.url + "/v1", api_key=ADMIN, max_retries=0)
         messages: Any = [{"role": "user", "content": TEXTS[1]}]
         reply = client.chat.completions.create(
@@ -175,7 +175,7 @@ def test_d4_no_response_carries_a_path_a_key_or_an_internal_url(home: Home, engi
     promote_run(home.releases, run)
     try:
         with (
-            ShippedGateway(settings_for(home, engine_url)) as gw,
+            Gateway(settings_for(home, engine_url)) as gw,
             gw.client() as admin,
             gw.client(CONTACT_ONLY) as scoped,
             gw.client(None) as anonymous,
@@ -219,7 +219,7 @@ def test_d5_engine_500_with_a_secret_gives_code_and_request_id_only(
     with FakeEngine(status=500, error_message=message) as fake:
         with (
             caplog.at_level("INFO", logger="forma.serve"),
-            ShippedGateway(settings_for(home, fake.url)) as gw,
+            Gateway(settings_for(home, fake.url)) as gw,
             gw.client() as client,
         ):
             response = client.post(
@@ -262,7 +262,7 @@ def test_d5_an_unexpected_exception_is_a_bare_500_with_the_request_id(
     monkeypatch.setattr("serve.routes.extract.check_text", broken)
     with (
         caplog.at_level("INFO", logger="forma.serve"),
-        ShippedGateway(settings_for(home, engine_url)) as gw,
+        Gateway(settings_for(home, engine_url)) as gw,
         gw.client() as client,
     ):
         response = client.post("/v1/extract/invoice", json={"text": f"{DOC_SECRET} 5 EUR"})
@@ -295,7 +295,7 @@ def test_d5_documents_with_secrets_stay_out_of_info_logs(
         caplog.clear()
         with (
             caplog.at_level("INFO", logger="forma.serve"),
-            ShippedGateway(settings_for(home, engine_url, log_text=log_text)) as gw,
+            Gateway(settings_for(home, engine_url, log_text=log_text)) as gw,
             gw.client() as client,
         ):
             assert client.post("/v1/extract/invoice", json={"text": document}).status_code == 200
@@ -315,7 +315,7 @@ def test_d5_the_engine_log_holds_no_document_text(home: Home, engine_url: str, t
         "log-requests" in arg for arg in engine_command(settings_for(home, engine_url), Path("/m"), 1)
     )
     document = f"Invoice from {DOC_SECRET} Tools, total 120 EUR, paid."
-    with ShippedGateway(settings_for(home, engine_url)) as gw, gw.client() as client:
+    with Gateway(settings_for(home, engine_url)) as gw, gw.client() as client:
         assert client.post("/v1/extract/invoice", json={"text": document}).status_code == 200
     text = logs[0].read_text(errors="replace")
     assert "vllm" in text.lower()  # the engine's own log, written as it ran
@@ -375,7 +375,7 @@ def test_h1_schemathesis_finds_no_contract_failure(home: Home, tmp_path: Path) -
     the spec's OpenAPI links) against a real gateway, with a valid key, bounded by --max-examples.
     FakeEngine stands in for vLLM (hundreds of extractions in seconds) with schema-valid answers."""
     report = tmp_path / "junit.xml"
-    with FakeEngine(reply=valid_reply) as fake, ShippedGateway(settings_for(home, fake.url)) as gw:
+    with FakeEngine(reply=valid_reply) as fake, Gateway(settings_for(home, fake.url)) as gw:
         command = [
             str(Path(sys.executable).parent / "st"),
             "run",

