@@ -120,22 +120,27 @@ class Gateway:
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
 
+def home_settings(home: Home, engine_url: str, **overrides: Any) -> ServeSettings:
+    """Gateway settings over the shared home and an engine, on a free port, with the fixture keys."""
+    fields: dict[str, Any] = {
+        "schemas_root": home.schemas,
+        "runs_root": home.runs,
+        "releases_root": home.releases,
+        "engine_url": engine_url,
+        "port": free_port(),
+        "ledger_poll_s": 0.2,
+        "api_keys": f"{ADMIN}=*,admin;{CONTACT_ONLY}=contact",
+    }
+    return ServeSettings(**(fields | overrides))
+
+
 @pytest.fixture
 def gateway(home: Home, engine_url: str):
     """Factory: a started gateway with the given setting overrides (stopped after the test)."""
     started: list[Gateway] = []
 
     def start(**overrides: Any) -> Gateway:
-        fields: dict[str, Any] = {
-            "schemas_root": home.schemas,
-            "runs_root": home.runs,
-            "releases_root": home.releases,
-            "engine_url": engine_url,
-            "port": free_port(),
-            "ledger_poll_s": 0.2,
-            "api_keys": f"{ADMIN}=*,admin;{CONTACT_ONLY}=contact",
-        }
-        gw = Gateway(ServeSettings(**(fields | overrides))).__enter__()
+        gw = Gateway(home_settings(home, engine_url, **overrides)).__enter__()
         started.append(gw)
         return gw
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import httpx
 import psutil
-from serve_fixtures import ADMIN, CONTACT_ONLY, Home
+from serve_fixtures import ADMIN, CONTACT_ONLY, Home, home_settings
 
+from serve.app import create_app
 from serve.engine_process import free_port
 from serve.settings import ServeSettings
 
@@ -45,16 +46,17 @@ def valid_reply(body: dict[str, Any]) -> tuple[str, str]:
 
 
 def settings_for(home: Home, engine_url: str, **overrides: Any) -> ServeSettings:
-    fields: dict[str, Any] = {
-        "schemas_root": home.schemas,
-        "runs_root": home.runs,
-        "releases_root": home.releases,
-        "engine_url": engine_url,
-        "port": free_port(),
-        "ledger_poll_s": 0.2,
-        "api_keys": KEYS,
-    }
-    return ServeSettings(**(fields | overrides))
+    """serve_fixtures' settings with this battery's keys (KEYS)."""
+    return home_settings(home, engine_url, **({"api_keys": KEYS} | overrides))
+
+
+def offline_app() -> Any:
+    """The app object only (no server, no engine): for walking its route table and spec."""
+    root = Path("/nonexistent")
+    settings = ServeSettings(
+        schemas_root=root, runs_root=root, releases_root=root, engine_url="http://127.0.0.1:9", api_keys=KEYS
+    )
+    return create_app(settings)
 
 
 class GatewayProcess:

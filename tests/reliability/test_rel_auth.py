@@ -20,15 +20,13 @@ import pytest
 import starlette
 from fastapi.routing import APIRoute
 from packaging.version import Version
-from rel_http import KEYS, raw_exchange, settings_for
+from rel_http import KEYS, offline_app, raw_exchange, settings_for
 from serve_fixtures import ADMIN, CONTACT_ONLY, Gateway, Home, engine_state
 from test_serve_support import TEXTS
 
 import serve
 from serve import auth
-from serve.app import create_app
 from serve.deps import authenticate
-from serve.settings import ServeSettings
 
 PUBLIC = {"/healthz", "/readyz"}
 SERVE = Path(serve.__file__).parent
@@ -39,15 +37,6 @@ BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {"model": "invoice", "messages": [{"role": "user", "content": TEXTS[0]}]},
 }
 REVOKED = "revoked-key-0123456789abcdef"
-
-
-def offline_app() -> Any:
-    """The app object only (no server, no engine): for walking its route table."""
-    root = Path("/nonexistent")
-    settings = ServeSettings(
-        schemas_root=root, runs_root=root, releases_root=root, engine_url="http://127.0.0.1:9", api_keys=KEYS
-    )
-    return create_app(settings)
 
 
 def guarded_routes(app: Any) -> Iterator[tuple[str, str]]:

@@ -22,7 +22,7 @@ import pytest
 from fake_engine import FakeEngine
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
-from rel_http import KEYS, settings_for, valid_reply
+from rel_http import KEYS, offline_app, settings_for, valid_reply
 from serve_fixtures import ADMIN, CONTACT_ONLY, Gateway, Home, engine_state
 from test_serve_support import TEXTS, promote_run
 from typer.testing import CliRunner
@@ -54,14 +54,6 @@ BODY_ROUTES: dict[str, dict[str, Any]] = {
 }
 SECRET = "CANARY-SECRET-7f3e9a"
 DOC_SECRET = "CANARY-DOC-4b1d"
-
-
-def offline_app() -> Any:
-    root = Path("/nonexistent")
-    settings = ServeSettings(
-        schemas_root=root, runs_root=root, releases_root=root, engine_url="http://127.0.0.1:9", api_keys=KEYS
-    )
-    return create_app(settings)
 
 
 def _models(annotation: Any) -> Iterator[type[BaseModel]]:

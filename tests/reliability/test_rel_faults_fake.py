@@ -21,9 +21,8 @@ from typing import Any
 import httpx
 import pytest
 from fake_engine import FakeEngine
-from serve_fixtures import ADMIN, Gateway, Home
+from serve_fixtures import ADMIN, Gateway, Home, home_settings
 
-from serve.engine_process import free_port
 from serve.gateway import EngineStartError
 from serve.gateway import Gateway as GatewayState
 from serve.settings import ServeSettings
@@ -32,15 +31,7 @@ CONTACT_OK = json.dumps({"name": "Ann", "role": "buyer"})
 
 
 def settings(home: Home, engine_url: str, **overrides: Any) -> ServeSettings:
-    fields: dict[str, Any] = {
-        "schemas_root": home.schemas,
-        "runs_root": home.runs,
-        "releases_root": home.releases,
-        "engine_url": engine_url,
-        "port": free_port(),
-        "api_keys": f"{ADMIN}=*,admin",
-    }
-    return ServeSettings(**(fields | overrides))
+    return home_settings(home, engine_url, **({"api_keys": f"{ADMIN}=*,admin"} | overrides))
 
 
 @contextmanager
