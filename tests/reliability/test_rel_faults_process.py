@@ -29,6 +29,7 @@ from serve.engine_process import free_port
 pytestmark = pytest.mark.slow
 LOOPS = 10
 DRAIN_S = 60  # generous: on 2 busy cores an in-flight extraction can take tens of seconds
+BATCH = 24  # texts in the batch request that holds the gateway drain open (HeldBatch)
 FAIL_FAST_S = 2.0  # RELIABILITY F3: a request caught by an engine fault is answered within this
 
 
@@ -170,12 +171,33 @@ def engine_terminated_under_load(url: str, proc: subprocess.Popen[bytes]) -> Non
     serves(url)
 
 
+class HeldBatch(threading.Thread):
+    """One admitted batch request of many texts: it keeps the drain open for seconds after the signal.
+    The 10 loops alone cannot: after a restart they resend in step, vLLM decodes them as one batch, and
+    all of them may finish in the same millisecond as the signal, leaving nothing to drain (the gateway
+    then rightly exits before the test's first probe: connection refused)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.outcome: Outcome | None = None
+
+    def run(self) -> None:
+        texts = [TEXTS[n % 4] for n in range(BATCH)]
+        sent = time.monotonic()
+        response = httpx.post(self.url + "/v1/extract/invoice/batch", json={"texts": texts}, timeout=140)
+        self.outcome = Outcome(sent, time.monotonic(), response.status_code)
+
+
 def gateway_terminated_under_load(url: str, proc: subprocess.Popen[bytes]) -> None:
     """F2: SIGTERM to the gateway. /readyz and new requests answer 503 at once, admitted requests
     finish with 200, the process exits within drain + 10 s, every engine process is reaped."""
     family = group(proc.pid)[1:]
     with Load(url) as load:
         load.wait_in_flight(LOOPS // 2, older_than=1.5)
+        held = HeldBatch(url)
+        held.start()
+        time.sleep(1.5)  # admitted and decoding: BATCH texts take far longer than that
         termed = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         ready = httpx.get(url + "/readyz", timeout=5)
@@ -187,6 +209,9 @@ def gateway_terminated_under_load(url: str, proc: subprocess.Popen[bytes]) -> No
         exited = time.monotonic()
     assert code in (0, -signal.SIGTERM)
     assert_reaped(family, within=10)
+    held.join(timeout=10)
+    assert held.outcome is not None and held.outcome.result == 200, held.outcome
+    assert held.outcome.done > termed  # it was in flight at the signal: the drain waited for it
     # Sent a second or more before the signal: admitted by then (10 loops never fill 64 slots), so
     # the drain must let them finish. One sent a moment before may meet the drain at the door: 503.
     caught = load.caught(termed)
