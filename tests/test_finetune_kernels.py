@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from finetune.attention import causal_attention  # noqa: E402
+from finetune.attention import LENGTH_BUCKET, causal_attention, varlen_sdpa_forward  # noqa: E402
 from finetune.lm_head import TOKEN_CHUNK, cpu_log_probs  # noqa: E402
 from finetune.lora_linear import use_fused_lora  # noqa: E402
 
@@ -133,6 +133,34 @@ def test_causal_attention_matches_sdpa(kv_heads: int) -> None:
     grads = torch.autograd.grad(ours.sum(), (q, k, v))
     theirs = scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25, enable_gqa=kv_heads != 9)
     expected = torch.autograd.grad(theirs.sum(), (q, k, v))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_attention_matches_sdpa_per_example() -> None:
+    """Packed examples of lengths sharing a bucket, alone in one, exactly a bucket long, and empty: each
+    the same (values and gradients) as SDPA on that example alone."""
+    from torch.nn.functional import scaled_dot_product_attention
+
+    lengths = [5, 17, LENGTH_BUCKET, 0, LENGTH_BUCKET + 3, 9]
+    total = sum(lengths)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, total, 16, generator=gen, requires_grad=True)
+    k = torch.randn(1, 2, total, 16, generator=gen, requires_grad=True)
+    v = torch.randn(1, 2, total, 16, generator=gen, requires_grad=True)
+    cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0)
+    ours, _ = varlen_sdpa_forward(None, q, k, v, None, scaling=0.25, cu_seq_lens_q=cu)
+    grads = torch.autograd.grad((ours * torch.linspace(0, 1, total).view(1, -1, 1, 1)).sum(), (q, k, v))
+    theirs = torch.cat(
+        [
+            scaled_dot_product_attention(*parts, is_causal=True, scale=0.25, enable_gqa=True)
+            for parts in zip(*(t.split(lengths, 2) for t in (q, k, v)), strict=True)
+        ],
+        dim=2,
+    ).transpose(1, 2)
+    expected = torch.autograd.grad((theirs * torch.linspace(0, 1, total).view(1, -1, 1, 1)).sum(), (q, k, v))
+    assert ours.shape == (1, total, 6, 16)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
