@@ -74,27 +74,31 @@ def _compute_dtype(hidden: Any) -> Any:
 
 
 def _logits(hidden: Any, weight: Any, scale: float) -> Any:
-    """fp32 logits of one token chunk, times TRL's scale (logit scale / temperature)."""
+    """Logits of one token chunk, vocabulary-major (vocab x tokens), times TRL's scale (logit scale /
+    temperature). Vocabulary-major because oneDNN multiplies (vocab x hidden) @ (hidden x tokens) ~2.5x
+    faster than (tokens x hidden) @ (hidden x vocab) here (6 vs 16 ms for 128 tokens): the long side of
+    the product is the contiguous weight's rows, not a transposed view."""
     import torch
 
-    z = torch.mm(hidden, weight.t()).float()
+    z = torch.mm(weight, hidden.t()).float()
     return z.mul_(scale) if scale != 1.0 else z
 
 
 def _forward_chunk(z: Any, targets: Any) -> tuple[Any, ...]:
-    """log p(target), log Z, entropy and is-top-1 (the target is the first argmax) of a chunk's logits."""
+    """log p(target), log Z, entropy and is-top-1 (the target is the first argmax) of a chunk's
+    vocabulary-major logits (vocab x tokens)."""
 
-    top = z.amax(-1)  # amax is vectorized; logsumexp and argmax each cost ~8x more here
-    e = (z - top.unsqueeze(-1)).exp_()
-    total = e.sum(-1)
+    top = z.amax(0)  # amax is vectorized; logsumexp and argmax each cost ~8x more here
+    e = (z - top).exp_()
+    total = e.sum(0)
     log_z = top + total.log()
-    target_z = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = log_z - (e * z).sum(-1) / total
-    # bf16 logits tie often, so "top-1" is the first argmax, as TRL's kernel defines it; only rows whose
+    target_z = z.gather(0, targets.unsqueeze(0)).squeeze(0)
+    entropy = log_z - (e * z).sum(0) / total
+    # bf16 logits tie often, so "top-1" is the first argmax, as TRL's kernel defines it; only tokens whose
     # target reaches the maximum can qualify, and only those pay for an argmax.
     is_top1 = target_z >= top
     if is_top1.any():
-        is_top1[is_top1.clone()] = z[is_top1].argmax(-1) == targets[is_top1]
+        is_top1[is_top1.clone()] = z[:, is_top1].argmax(0) == targets[is_top1]
     return target_z - log_z, log_z, entropy, is_top1
 
 
@@ -102,12 +106,12 @@ def _grad_chunk(hidden: Any, weight: Any, targets: Any, log_z: Any, grad: Any, s
     """d(sum grad * log p(target)) / d hidden for one chunk: (onehot - p) * grad * scale, then @ weight."""
     import torch
 
-    p = _logits(hidden, weight, scale).sub_(log_z.unsqueeze(-1)).exp_()
-    dz = p.mul_(grad.unsqueeze(-1).neg())
-    dz.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1))
+    p = _logits(hidden, weight, scale).sub_(log_z).exp_()
+    dz = p.mul_(grad.neg())
+    dz.scatter_add_(0, targets.unsqueeze(0), grad.unsqueeze(0))
     if scale != 1.0:
         dz.mul_(scale)
-    return torch.mm(dz.to(hidden.dtype), weight)
+    return torch.mm(dz.to(hidden.dtype).t(), weight)
 
 
 @functools.cache
