@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from serve.settings import ServeSettings
 
@@ -40,7 +41,7 @@ def engine_command(settings: ServeSettings, model: Path, port: int, gpu: bool = 
         "--generation-config",
         "vllm",
         "--disable-uvicorn-access-log",
-        *batch_invariance(settings, gpu)[0],
+        *batch_invariance(settings, gpu).args,
     ]
 
 
@@ -53,12 +54,18 @@ def engine_env(
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "1"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if settings is not None:
-        env.update(batch_invariance(settings, gpu)[1])
+        env.update(batch_invariance(settings, gpu).env)
     return env
 
 
-def batch_invariance(settings: ServeSettings, gpu: bool) -> tuple[list[str], dict[str, str]]:
-    """Engine arguments and environment of deterministic mode (RELIABILITY B4); nothing when it is off.
+class BatchMode(NamedTuple):
+    args: list[str]  # added to the engine's command line
+    env: dict[str, str]  # added to its environment
+    note: str  # for the startup log
+
+
+def batch_invariance(settings: ServeSettings, gpu: bool) -> BatchMode:
+    """How deterministic mode (RELIABILITY B4) sets up the engine; nothing when it is off.
 
     Greedy decoding alone does not make an output repeatable: batched kernels choose their tiling and
     reduction order by the batch's shape, so the same request can decode differently beside others.
@@ -73,16 +80,13 @@ def batch_invariance(settings: ServeSettings, gpu: bool) -> tuple[list[str], dic
     alone (--max-num-seqs 1: 0/10 differ): a batch of one is the same computation whatever is queued,
     at the cost of batching (about 4x lower throughput at 8 concurrent requests)."""
     if not settings.deterministic:
-        return [], {}
+        return BatchMode(
+            [], {}, "off: requests are batched; outputs at temperature 0 may vary with the batch"
+        )
     if gpu:
-        return [], {"VLLM_BATCH_INVARIANT": "1"}
-    return ["--max-num-seqs", "1"], {}
-
-
-def batch_invariance_note(settings: ServeSettings, gpu: bool) -> str:
-    """How the engine keeps outputs batch-invariant, for the startup log."""
-    if not settings.deterministic:
-        return "off: requests are batched; outputs at temperature 0 may vary with the batch"
-    if gpu:
-        return "on: VLLM_BATCH_INVARIANT=1 (vLLM's batch-invariant kernels)"
-    return "on: --max-num-seqs 1 (vLLM-CPU has no batch-invariant kernels: one request at a time)"
+        return BatchMode(
+            [], {"VLLM_BATCH_INVARIANT": "1"}, "on: VLLM_BATCH_INVARIANT=1 (batch-invariant kernels)"
+        )
+    return BatchMode(
+        ["--max-num-seqs", "1"], {}, "on: --max-num-seqs 1 (vLLM-CPU has no batch-invariant kernels)"
+    )

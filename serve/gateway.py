@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from serve.auth import ApiKey
-from serve.engine_args import BASE_MODEL_NAME, batch_invariance_note, engine_command, engine_env
+from serve.engine_args import BASE_MODEL_NAME, batch_invariance, engine_command, engine_env
 from serve.engine_client import EngineRejected, EngineUnavailable
 from serve.engine_process import EngineProcess, engine_on_gpu, free_port
 from serve.engine_watch import WatchedEngineClient
@@ -66,7 +66,7 @@ class Gateway:
             command = engine_command(settings, settings.base_model, port, gpu)
             env = engine_env(dict(os.environ), settings, gpu)
             process = EngineProcess(command, env, settings.engine_log)
-            url, batching = f"http://127.0.0.1:{port}", batch_invariance_note(settings, gpu)
+            url, batching = f"http://127.0.0.1:{port}", batch_invariance(settings, gpu).note
         table = ReleaseTable(settings, metrics)
         engine = WatchedEngineClient(url, max_connections=settings.max_in_flight + 8)
         admission = Admission(settings.max_in_flight, settings.max_queue)

@@ -120,8 +120,9 @@ class Gateway:
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
 
-def home_settings(home: Home, engine_url: str, **overrides: Any) -> ServeSettings:
-    """Gateway settings over the shared home and an engine, on a free port, with the fixture keys."""
+def home_settings(home: Home, engine_url: str | None, **overrides: Any) -> ServeSettings:
+    """Gateway settings over the shared home and an engine (None: the gateway starts its own, from
+    `base_model` in overrides), on a free port, with the fixture keys."""
     fields: dict[str, Any] = {
         "schemas_root": home.schemas,
         "runs_root": home.runs,

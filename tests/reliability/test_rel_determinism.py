@@ -20,13 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_fixtures import ADMIN, CONTACT_ONLY, Gateway, Home
+from serve_fixtures import Gateway, Home, home_settings
 from test_serve_support import TEXTS
 from typer.testing import CliRunner
 
 from forma.cli import app as cli
 from serve.engine_args import engine_command, engine_env
-from serve.engine_process import engine_on_gpu, free_port
+from serve.engine_process import engine_on_gpu
 from serve.generation import engine_body
 from serve.settings import ServeSettings
 
@@ -103,15 +103,12 @@ def deterministic(home: Home, tmp_path_factory: pytest.TempPathFactory) -> Itera
     level = logger.level
     logger.addHandler(records)
     logger.setLevel(logging.INFO)
-    on = ServeSettings(
-        schemas_root=home.schemas,
-        runs_root=home.runs,
-        releases_root=home.releases,
+    on = home_settings(
+        home,
+        None,
         base_model=home.base_model,
-        port=free_port(),
         engine_log=tmp_path_factory.mktemp("deterministic") / "engine.log",
         max_cpu_loras=4,
-        api_keys=f"{ADMIN}=*,admin;{CONTACT_ONLY}=contact",
         deterministic=True,
     )
     try:
