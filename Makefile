@@ -32,6 +32,7 @@ models: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy schemas finetune evals serve forma
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

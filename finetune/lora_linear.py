@@ -26,7 +26,7 @@ def use_fused_lora(model: Any) -> int:
     switched = 0
     for module in model.modules():
         if isinstance(module, Linear) and _eligible(module):
-            module.forward = functools.partial(_fused_forward, module, module.forward)
+            module.forward = functools.partial(_fused_forward, module, module.forward)  # type: ignore[method-assign]
             switched += 1
     return switched
 

@@ -157,8 +157,8 @@ def compact_lm_head(enabled: bool) -> Iterator[None]:
     original_triton, original_function = trl_utils._use_triton, trl_utils._ChunkedLogProbFunction
     if enabled:
         trl_utils._use_triton = lambda device: device.type == "cpu" or original_triton(device)
-        trl_utils._ChunkedLogProbFunction = types.SimpleNamespace(apply=cpu_log_probs)
+        trl_utils._ChunkedLogProbFunction = types.SimpleNamespace(apply=cpu_log_probs)  # type: ignore[misc,assignment]
     try:
         yield
     finally:
-        trl_utils._use_triton, trl_utils._ChunkedLogProbFunction = original_triton, original_function
+        trl_utils._use_triton, trl_utils._ChunkedLogProbFunction = original_triton, original_function  # type: ignore[misc]

@@ -128,7 +128,7 @@ def matching_run(runs: Path, data: Any, config: Any, base: Any) -> tuple[Path, A
         if same:
             found.append((folder, manifest))
     completed = [f for f in found if f[1].status == "completed"]
-    return (completed or found or [None])[-1]
+    return (completed or found)[-1] if found else None
 
 
 def _train(

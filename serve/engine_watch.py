@@ -56,11 +56,12 @@ class WatchedEngineClient(EngineClient):
     def __init__(self, base_url: str, max_connections: int) -> None:
         super().__init__(base_url, max_connections)
         self.watch = ProgressWatch()
+        self.health_timeout_s = 5.0  # past it a health check is "unknown": slow is not dead
         self._lost = asyncio.Event()  # set once for the calls pending at a loss, then replaced
 
     async def health(self) -> Health:
         try:
-            response = await self.http.get("/health", timeout=5.0)
+            response = await self.http.get("/health", timeout=self.health_timeout_s)
         except httpx.ConnectError:
             return "down"
         except httpx.HTTPError:

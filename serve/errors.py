@@ -139,7 +139,8 @@ def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     """Starlette's own answers (unknown path 404, wrong method 405) in the one error shape."""
     code = HTTP_CODES.get(exc.status_code, "http_error")
     message = {404: "no such route; see the API reference", 405: "method not allowed on this route"}
-    err = ApiError(exc.status_code, code, message.get(exc.status_code, str(exc.detail)), None, exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    err = ApiError(exc.status_code, code, message.get(exc.status_code, str(exc.detail)), None, headers)
     return error_response(request, err)
 
 

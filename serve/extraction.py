@@ -93,7 +93,7 @@ async def generate(gw: Gateway, binding: Binding, text: str, max_tokens: int | N
     try:
         completion = await _complete(gw, binding, body)
     except EngineUnavailable as err:
-        gw.set_ready(False)
+        gw.set_ready(False, "engine unavailable")
         # RELIABILITY D5: the engine's own message (which may quote the request, or name its URL)
         # stays out of the reply; the log has it at debug only, which needs --log-text.
         log("engine_error", kind="unavailable")

@@ -19,7 +19,7 @@ from serve.auth import ApiKey
 from serve.engine_args import BASE_MODEL_NAME, batch_invariance, engine_command, engine_env
 from serve.engine_client import EngineRejected, EngineUnavailable
 from serve.engine_process import EngineProcess, engine_on_gpu, free_port
-from serve.engine_watch import WatchedEngineClient
+from serve.engine_watch import Health, WatchedEngineClient
 from serve.limits import Admission
 from serve.logs import log
 from serve.metrics import Metrics
@@ -51,6 +51,7 @@ class Gateway:
     drain_deadline: float | None = None  # set once, by the first stop signal
     stalled_since: float | None = None  # set while the engine is stalled
     down_since: float | None = None  # set while the engine is down (refused, dead or exited)
+    unanswered_since: float | None = None  # set while health checks time out (no answer either way)
     probe: asyncio.Task[None] | None = None
     batching: str | None = None  # how the child engine batches (deterministic mode), for the startup log
 
@@ -72,7 +73,11 @@ class Gateway:
         admission = Admission(settings.max_in_flight, settings.max_queue)
         return cls(settings, keys, engine, table, metrics, admission, process, batching=batching)
 
-    def set_ready(self, ready: bool) -> None:
+    def set_ready(self, ready: bool, why: str) -> None:
+        """Readiness for new requests; every change is logged with its reason (an operator reading a
+        burst of 503s finds the cause in the log, not by guessing)."""
+        if ready != self.admission.engine_ready:
+            log("engine_ready" if ready else "engine_unready", reason=why)
         self.admission.engine_ready = ready
         self.metrics.engine_ready.set(1 if ready else 0)
 
@@ -83,7 +88,7 @@ class Gateway:
         await self.wait_for_engine()
         report = await self.table.refresh(self.engine)
         log("releases", **report.model_dump())
-        self.set_ready(True)
+        self.set_ready(True, "started")
         self.tasks = [asyncio.create_task(self.supervise()), asyncio.create_task(self.watch_ledger())]
 
     async def wait_for_engine(self) -> None:
@@ -112,7 +117,7 @@ class Gateway:
             try:
                 await self.check_engine()
             except Exception as err:  # keep supervising: one failed round must not end supervision
-                self.set_ready(False)
+                self.set_ready(False, "supervision failed")
                 log("supervise_failed", reason=repr(err))
 
     async def check_engine(self) -> None:
@@ -130,8 +135,23 @@ class Gateway:
         down_s = time.monotonic() - self.down_since if self.down_since is not None else 0.0
         if self.process is not None and not self.admission.draining and (exited or down_s > ENGINE_GONE_S):
             await self.restart_engine()
+        elif self.check_stall():
+            self.set_ready(False, "stalled")
         else:
-            self.set_ready(health == "ok" and not self.check_stall())
+            self.follow_health(health)
+
+    def follow_health(self, health: Health) -> None:
+        """Readiness follows a health answer. No answer in time ("unknown": a busy 2-core machine can
+        keep vLLM's API process from answering for seconds) changes nothing until it lasts
+        engine_stall_s: one slow probe must not turn admitted-to-be traffic into 503s."""
+        if health != "unknown":
+            self.unanswered_since = None
+            self.set_ready(health == "ok", f"health {health}")
+            return
+        now = time.monotonic()
+        self.unanswered_since = self.unanswered_since or now
+        if now - self.unanswered_since > self.settings.engine_stall_s:
+            self.set_ready(False, f"no health answer for {now - self.unanswered_since:.0f} s")
 
     def check_stall(self) -> bool:
         """Stalled: calls wait at the engine and none completed for engine_stall_s. It ends when a
@@ -156,7 +176,7 @@ class Gateway:
 
     async def restart_engine(self) -> None:
         assert self.process is not None
-        self.set_ready(False)
+        self.set_ready(False, "engine restarting")
         died = self.down_since or time.monotonic()
         log("engine_died", returncode=self.process.process.returncode if self.process.process else None)
         await asyncio.to_thread(self.process.stop, 2.0)  # kill and reap what is left of the old group
@@ -171,8 +191,9 @@ class Gateway:
         for binding in list(self.table.bindings.values()):
             with contextlib.suppress(Exception):
                 await self.table.ensure_loaded(self.engine, binding)
-        self.stalled_since = self.down_since = None  # a new engine: the old one's troubles died with it
-        self.set_ready(True)
+        # A new engine: the old one's troubles died with it.
+        self.stalled_since = self.down_since = self.unanswered_since = None
+        self.set_ready(True, "engine restarted")
         log("engine_restarted", pid=self.process.pid, down_s=round(time.monotonic() - died, 1))
 
     async def watch_ledger(self) -> None:
@@ -190,7 +211,7 @@ class Gateway:
         """Refuse new work from now on (503, /readyz 503); admitted requests get drain_timeout_s.
         Safe to call from a signal handler; only the first call starts the clock."""
         self.admission.draining = True
-        self.set_ready(False)
+        self.set_ready(False, "draining")
         if self.drain_deadline is None:
             self.drain_deadline = time.monotonic() + self.settings.drain_timeout_s
             # A signal lands inside whatever request was running: log outside its context (request id).

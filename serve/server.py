@@ -167,10 +167,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if not self.refused:
             super().on_message_complete()
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> None:
         if self.lingering.lingering:
             self.lingering.inner.close()  # the client is done sending: no need to linger further
-        return super().eof_received()
+        super().eof_received()
 
     def _unread(self) -> bool:
         """Part of a request (its head, or its body) may still be on its way from the client."""

@@ -2,7 +2,7 @@
 
 RELIABILITY.md allows a double only for faults the real engine cannot be made to show on demand: an
 output that breaks the schema despite constrained decoding, a scripted truncation, an engine that
-accepts work and never answers (a scheduler stall), a 500 with a planted secret in it, exact call and
+accepts work and never answers (a scheduler stall), a health check answered late, a 500 with a planted secret in it, exact call and
 abort counts. Everything else in the battery runs against the real vLLM engine.
 
 It speaks the subset of the API the gateway uses: `GET /health`, `GET /v1/models`,
@@ -39,6 +39,7 @@ class Knobs:
     status: int = 200  # != 200: chat answers this status with `error_message`
     error_message: str = "internal error"
     healthy: bool = True  # what GET /health says (vLLM keeps saying 200 during a stall)
+    health_delay_s: float = 0.0  # time before GET /health answers (an API process starved of CPU)
     concurrency: int = 8  # requests decoded at once; the rest wait, like a full engine batch
     content: str = "{}"
     finish_reason: str = "stop"
@@ -99,6 +100,7 @@ class FakeEngine:
 
     async def health(self, request: Request) -> Response:
         self.log.health_checks += 1
+        await asyncio.sleep(self.knobs.health_delay_s)
         return Response(status_code=200 if self.knobs.healthy else 503)
 
     async def models(self, request: Request) -> Response:
