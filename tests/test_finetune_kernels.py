@@ -53,6 +53,22 @@ def test_cpu_log_probs_match_trl(dtype, tol) -> None:
     torch.testing.assert_close(our_grad.float(), their_grad.float(), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_log_probs_top1_is_the_first_argmax_when_the_maximum_is_tied(dtype) -> None:
+    """Two vocabulary rows with identical weights tie at every token's maximum: a target on the first is
+    top-1, on the second is not, exactly as TRL's kernel says (the tie path of `cpu_log_probs`)."""
+    from trl.kernels import ChunkedLogProbFunction
+
+    h, weight, targets = head_case()
+    h[:, 0] = 10.0
+    weight[9] = weight[5] = torch.cat([torch.tensor([5.0]), weight[5, 1:]])
+    assert torch.equal((h @ weight.t()).argmax(-1), torch.full_like(targets, 5))
+    targets[::2], targets[1::2] = 5, 9
+    ours, _ = score(cpu_log_probs, h, weight, targets, dtype)
+    theirs, _ = score(ChunkedLogProbFunction.apply, h, weight, targets, dtype)
+    assert torch.equal(ours[4], targets == 5) and torch.equal(ours[4], theirs[4])
+
+
 def test_cpu_log_probs_leave_other_heads_to_trl() -> None:
     """A softcapped head is outside what `cpu_log_probs` computes: TRL's function answers instead."""
     from trl.kernels import ChunkedLogProbFunction
