@@ -125,6 +125,11 @@ class Gateway:
         engine that exited, or stayed down ENGINE_GONE_S, is restarted; a stalled one is only unready."""
         exited = self.process is not None and not self.process.alive()
         health = "down" if exited else await self.engine.health()
+        # Every answer (or its absence) is noted here, whichever branch acts on it below.
+        if health != "unknown":
+            self.unanswered_since = None
+        elif self.unanswered_since is None:
+            self.unanswered_since = time.monotonic()
         if health != "down":
             self.down_since = None
         else:
@@ -145,13 +150,11 @@ class Gateway:
         keep vLLM's API process from answering for seconds) changes nothing until it lasts
         engine_stall_s: one slow probe must not turn admitted-to-be traffic into 503s."""
         if health != "unknown":
-            self.unanswered_since = None
             self.set_ready(health == "ok", f"health {health}")
             return
-        now = time.monotonic()
-        self.unanswered_since = self.unanswered_since or now
-        if now - self.unanswered_since > self.settings.engine_stall_s:
-            self.set_ready(False, f"no health answer for {now - self.unanswered_since:.0f} s")
+        unanswered_s = time.monotonic() - (self.unanswered_since or time.monotonic())
+        if unanswered_s > self.settings.engine_stall_s:
+            self.set_ready(False, f"no health answer for {unanswered_s:.0f} s")
 
     def check_stall(self) -> bool:
         """Stalled: calls wait at the engine and none completed for engine_stall_s. It ends when a

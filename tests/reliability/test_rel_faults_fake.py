@@ -168,6 +168,9 @@ def test_f4_late_health_answers_keep_readiness_until_they_last_engine_stall_s(
         fake.knobs.health_delay_s = 0.0
         wait_for(lambda: client.get("/readyz").status_code == 200, within=5)
         assert state.unanswered_since is None
+        fake.knobs.health_delay_s = 1.0  # late again: a new clock, not the old one's 3 s
+        wait_for(lambda: state.unanswered_since is not None, within=5)
+        assert client.get("/readyz").status_code == 200
     changes = [(r.getMessage(), r.fields["reason"]) for r in caplog.records if "ready" in r.getMessage()]  # type: ignore[attr-defined]
     assert changes[:2] == [("engine_unready", "no health answer for 3 s"), ("engine_ready", "health ok")]
 
