@@ -151,22 +151,36 @@ def run_plain_trl(args: argparse.Namespace, runs: Path) -> dict:
 
 
 def flops_per_token(args: argparse.Namespace) -> float:
-    """Useful FLOPs per trained token, averaged over the dataset: LoRA forward + backward (input grads
-    only, the base is frozen), causal attention per example, and the LM head at the loss tokens."""
+    """Useful FLOPs per trained token, averaged over the dataset: the frozen base's products forward and
+    backward (input gradients only: it gets no weight gradient), the LoRA adapters' products forward and
+    backward (input and weight gradients: they are what trains), causal attention per example, and the LM
+    head at the loss tokens."""
     from transformers import AutoConfig, AutoTokenizer
 
     from finetune.base_model import prepare_model
+    from finetune.config import TrainConfig
     from finetune.data import build_rows, from_pairs, row_lengths
 
     base = prepare_model(REPO / ".forma" / "models")
     cfg, tok = AutoConfig.from_pretrained(base.path), AutoTokenizer.from_pretrained(base.path)
     h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
-    kv = cfg.num_key_value_heads * cfg.head_dim
-    body = layers * (2 * h * h + 2 * h * kv + 3 * h * cfg.intermediate_size)
+    kv, mlp = cfg.num_key_value_heads * cfg.head_dim, cfg.intermediate_size
+    shapes = {  # (in, out) of each linear of a layer
+        "q_proj": (h, h),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (h, h),
+        "gate_proj": (h, mlp),
+        "up_proj": (h, mlp),
+        "down_proj": (mlp, h),
+    }
+    lora = TrainConfig()  # the run's adapter: run_forma trains with these defaults
+    body = layers * sum(2 * i * o for i, o in shapes.values())  # forward FLOPs of the base linears
+    adapters = layers * sum(2 * lora.lora_r * sum(shapes[m]) for m in lora.target_modules)
     data = from_pairs("order", SCHEMA, make_pairs(args.pairs))
     lengths = [row_lengths(tok, row) for row in build_rows(data, data.train)]
     total = sum(
-        4 * body * full + 6 * layers * h * full * full + 4 * vocab * h * (full - prompt)
+        (2 * body + 3 * adapters) * full + 6 * layers * h * full * full + 4 * vocab * h * (full - prompt)
         for prompt, full in lengths
     )
     return total / sum(full for _, full in lengths)

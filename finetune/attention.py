@@ -41,7 +41,7 @@ def varlen_sdpa_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     lengths = cu_seq_lens_q.diff().tolist()
     padded = [-(-n // LENGTH_BUCKET) * LENGTH_BUCKET for n in lengths]
-    future = torch.ones(max(padded), max(padded), dtype=torch.bool, device=query.device).triu(1)
+    mask = causal_bias(max(padded), query.dtype, query.device)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     examples = list(zip(*(t.split(lengths, 2) for t in (query, key, value)), strict=True))
     outputs: list[Any] = [None] * len(lengths)
@@ -50,7 +50,7 @@ def varlen_sdpa_forward(
         if not members:
             continue
         q, k, v = (torch.cat([_pad_to(examples[i][part], size) for i in members]) for part in range(3))
-        out = causal_attention(q, k, v, scale, future, dropout)
+        out = causal_attention(q, k, v, scale, mask, dropout)
         for row, i in enumerate(members):
             outputs[i] = out[row : row + 1, :, : lengths[i]]
     pieces = [o for o in outputs if o is not None]
@@ -65,15 +65,25 @@ def _pad_to(part: Any, size: int) -> Any:
     return torch.nn.functional.pad(part, (0, 0, 0, missing)) if missing else part
 
 
-def causal_attention(
-    query: Any, key: Any, value: Any, scale: float, future: Any, dropout: float = 0.0
-) -> Any:
-    """Causal attention of examples of one length, (examples, heads, len, dim), with grouped KV heads
-    shared by reshaping.
+def causal_bias(length: int, dtype: Any, device: Any = None) -> Any:
+    """(length, length) additive mask: 0 where a query may attend (this position and earlier), -inf after."""
+    import torch
 
-    Written out rather than SDPA's math kernel (which builds its mask, checks for fully-masked rows and
-    repeats the KV heads on every call): ~45% less time a step in attention, forward and backward, for
-    these ~100-200 token examples. Softmax runs in fp32, as in SDPA.
+    return torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu(1)
+
+
+def causal_attention(query: Any, key: Any, value: Any, scale: float, mask: Any, dropout: float = 0.0) -> Any:
+    """Causal attention of examples of one length, (examples, heads, len, dim), with grouped KV heads
+    shared by reshaping; `mask` is a `causal_bias` at least `len` long.
+
+    Written out rather than SDPA (its math kernel builds a mask, checks for fully-masked rows and repeats
+    the KV heads on every call; its flash kernel is ~2x slower still for these lengths). Three choices
+    halve the time of attention, forward and backward, against the first written-out version (one-thread
+    microbenchmark, 9 examples of 224 tokens: 28 -> 13 ms): the mask and the scale ride in the score
+    product (`baddbmm`: no masked_fill or scaling pass over the scores), and softmax reads and writes the
+    compute dtype (ATen's reduced-precision softmax accumulates in fp32, so the probabilities equal an
+    fp32 softmax rounded to bf16, which the next product needed anyway, without two casting copies).
+    Every row keeps its diagonal, so no row is fully masked.
     """
     import torch
 
@@ -81,15 +91,15 @@ def causal_attention(
     kv_heads = key.shape[1]
     group = heads // kv_heads
     # Query heads h*group..h*group+group-1 share KV head h (transformers' repeat_kv order).
-    grouped = (query * scale).reshape(batch * kv_heads, group * length, dim)
+    grouped = query.reshape(batch * kv_heads, group * length, dim)
     keys = key.reshape(batch * kv_heads, length, dim)
-    scores = (grouped @ keys.transpose(-1, -2)).view(batch * kv_heads, group, length, length)
-    scores = scores.masked_fill(future[:length, :length], float("-inf"))
-    probs = torch.softmax(scores, -1, dtype=torch.float32).to(value.dtype)
+    bias = mask[:length, :length].repeat(group, 1)  # one (length x length) block per grouped head
+    scores = torch.baddbmm(bias, grouped, keys.transpose(-1, -2), alpha=scale)
+    probs = torch.softmax(scores, -1)
     if dropout:  # transformers passes 0 outside training
         probs = torch.nn.functional.dropout(probs, dropout)
     values = value.reshape(batch * kv_heads, length, dim)
-    return (probs.view(batch * kv_heads, group * length, length) @ values).view(batch, heads, length, dim)
+    return (probs @ values).view(batch, heads, length, dim)
 
 
 def register_varlen_sdpa() -> str:
