@@ -18,7 +18,7 @@ from typing import Any
 
 from finetune.attention import register_varlen_sdpa
 from finetune.config import ConfigError, TrainConfig
-from finetune.lm_head import cpu_log_probs
+from finetune.lm_head import cpu_log_probs, release_scratch
 
 
 def local_world_size() -> int:
@@ -162,3 +162,4 @@ def compact_lm_head(enabled: bool) -> Iterator[None]:
         yield
     finally:
         trl_utils._use_triton, trl_utils._ChunkedLogProbFunction = original_triton, original_function  # type: ignore[misc]
+        release_scratch()
