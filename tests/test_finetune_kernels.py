@@ -69,6 +69,25 @@ def test_cpu_log_probs_top1_is_the_first_argmax_when_the_maximum_is_tied(dtype) 
     assert torch.equal(ours[4], targets == 5) and torch.equal(ours[4], theirs[4])
 
 
+def test_cpu_log_probs_buffers_carry_nothing_between_calls_and_are_released() -> None:
+    """The chunk buffers outlive a call (`finetune.lm_head.scratch`): a call after others of other sizes,
+    vocabularies and dtypes gives exactly what it gave first, and leaving `compact_lm_head` frees them."""
+    from finetune.lm_head import scratch
+    from finetune.model import compact_lm_head
+
+    case = head_case()
+    first, first_grad = score(cpu_log_probs, *case, torch.bfloat16)
+    score(cpu_log_probs, *head_case(tokens=TOKEN_CHUNK + 5), torch.bfloat16)
+    score(cpu_log_probs, *head_case(tokens=9, vocab=700), torch.float32)
+    again, again_grad = score(cpu_log_probs, *case, torch.bfloat16)
+    for mine, before in zip((*again, again_grad), (*first, first_grad), strict=True):
+        assert (mine is None and before is None) or torch.equal(mine, before)
+    assert scratch.cache_info().currsize == 1
+    with compact_lm_head(True):
+        pass
+    assert scratch.cache_info().currsize == 0
+
+
 def test_cpu_log_probs_leave_other_heads_to_trl() -> None:
     """A softcapped head is outside what `cpu_log_probs` computes: TRL's function answers instead."""
     from trl.kernels import ChunkedLogProbFunction
