@@ -185,7 +185,7 @@ def test_causal_attention_in_bf16_is_as_close_to_fp32_as_sdpa_in_bf16() -> None:
         inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
         out = attend(*inputs)
         out.backward(grad_out.to(dtype))
-        return [out.float()] + [t.grad.float() for t in inputs]
+        return [out.detach().float()] + [t.grad.float() for t in inputs]
 
     def sdpa(*qkv):
         return scaled_dot_product_attention(*qkv, is_causal=True, scale=0.125, enable_gqa=True)
