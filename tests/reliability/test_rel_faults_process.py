@@ -11,12 +11,14 @@ the per-request accounting (a harness in the spirit of vLLM's `ShutdownState` co
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import psutil
@@ -31,6 +33,10 @@ LOOPS = 10
 DRAIN_S = 60  # generous: on 2 busy cores an in-flight extraction can take tens of seconds
 BATCH = 24  # texts in the batch request that holds the gateway drain open (HeldBatch)
 FAIL_FAST_S = 2.0  # RELIABILITY F3: a request caught by an engine fault is answered within this
+# httpx's names for a connection closed or reset with no answer: what a client meets when it connects just as
+# the gateway closes its listener (the kernel resets connections it had queued but the server never
+# accepted) or when the gateway closes a connection it had read no request from.
+UNANSWERED = {"RemoteProtocolError", "ReadError"}
 
 
 @dataclass
@@ -38,6 +44,7 @@ class Outcome:
     sent: float
     done: float
     result: int | str  # the HTTP status, or the name of the httpx error (ConnectError: refused)
+    request_id: str = ""  # sent as X-Request-ID, so the gateway's log tells whether it ever began it
 
 
 @dataclass
@@ -67,16 +74,21 @@ class Load:
 
     def loop(self, n: int) -> None:
         with httpx.Client(base_url=self.url, timeout=140) as client:
+            count = 0
             while not self.stop.is_set():
+                count += 1
+                request_id = f"load-{n}-{count}"
                 sent = self.current[n] = time.monotonic()
                 try:
                     result: int | str = client.post(
-                        "/v1/extract/invoice", json={"text": TEXTS[n % 4]}
+                        "/v1/extract/invoice",
+                        json={"text": TEXTS[n % 4]},
+                        headers={"X-Request-ID": request_id},
                     ).status_code
                 except httpx.HTTPError as err:
                     result = type(err).__name__
                 del self.current[n]
-                self.outcomes.append(Outcome(sent, time.monotonic(), result))
+                self.outcomes.append(Outcome(sent, time.monotonic(), result, request_id))
                 if result == "ConnectError":
                     return
                 if result != 200:
@@ -189,7 +201,7 @@ class HeldBatch(threading.Thread):
         self.outcome = Outcome(sent, time.monotonic(), response.status_code)
 
 
-def gateway_terminated_under_load(url: str, proc: subprocess.Popen[bytes]) -> None:
+def gateway_terminated_under_load(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     """F2: SIGTERM to the gateway. /readyz and new requests answer 503 at once, admitted requests
     finish with 200, the process exits within drain + 10 s, every engine process is reaped."""
     family = group(proc.pid)[1:]
@@ -218,9 +230,23 @@ def gateway_terminated_under_load(url: str, proc: subprocess.Popen[bytes]) -> No
     admitted = [o for o in caught if o.sent < termed - 1]
     assert admitted and {o.result for o in admitted} == {200}, [o.result for o in admitted]
     assert {o.result for o in caught} <= {200, 503} and max(o.done for o in caught) <= exited
-    late = {o.result for o in load.after(termed)}
-    assert late <= {503, "ConnectError"}, late  # refused with 503 while draining, then no listener
+    # Sent after the signal: refused with 503 while draining, then no listener. One that connects as the
+    # listener closes is reset or closed unanswered; that is a refusal too, provided the gateway never
+    # began it (no access-log line with its id): "no request is left without a response".
+    late = load.after(termed)
+    assert {o.result for o in late} <= {503, "ConnectError", *UNANSWERED}, [o.result for o in late]
+    logged = began(log)
+    answered = {o.request_id for o in caught + late if o.result in (200, 503)}
+    assert answered <= logged, answered - logged  # the log accounts for every request the app saw
+    unanswered = {o.request_id for o in late if o.result in UNANSWERED}
+    assert not unanswered & logged, unanswered & logged
     print(f"F2: drained {len(admitted)} in-flight requests, exited {exited - termed:.1f} s after SIGTERM")
+
+
+def began(log: Path) -> set[str]:
+    """The request ids of the gateway's access-log lines: every request that reached the app."""
+    lines = (json.loads(line) for line in log.read_text().splitlines() if '"msg": "request"' in line)
+    return {line["request_id"] for line in lines if line.get("msg") == "request"}
 
 
 def stop_all(proc: subprocess.Popen[bytes]) -> None:
@@ -252,7 +278,7 @@ def test_f2_f3_engine_crash_engine_sigterm_and_gateway_sigterm_under_load(home: 
         recovery = engine_killed_under_load(url, proc)
         print(f"F3: service back {recovery:.1f} s after kill -9 of the engine")
         engine_terminated_under_load(url, proc)
-        gateway_terminated_under_load(url, proc)
+        gateway_terminated_under_load(url, proc, log)
     except BaseException:
         events = [line for line in log.read_text().splitlines() if '"msg": "request"' not in line]
         print("\n".join(events[-40:]))  # the gateway's own account, shown with the failure
