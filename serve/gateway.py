@@ -213,8 +213,10 @@ class Gateway:
     def begin_drain(self, reason: str = "stop") -> None:
         """Refuse new work from now on (503, /readyz 503); admitted requests get drain_timeout_s.
         Safe to call from a signal handler; only the first call starts the clock."""
+        # Draining is its own state: /readyz and admission check it before engine readiness, which keeps
+        # following the engine (setting it false here was undone by the next healthy check, logged as
+        # "engine_ready" in the middle of a drain).
         self.admission.draining = True
-        self.set_ready(False, "draining")
         if self.drain_deadline is None:
             self.drain_deadline = time.monotonic() + self.settings.drain_timeout_s
             # A signal lands inside whatever request was running: log outside its context (request id).

@@ -175,6 +175,36 @@ def test_f4_late_health_answers_keep_readiness_until_they_last_engine_stall_s(
     assert changes[:2] == [("engine_unready", "no health answer for 3 s"), ("engine_ready", "health ok")]
 
 
+def test_f2_a_drain_stays_a_drain_through_healthy_engine_checks(
+    home: Home, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F2: once draining, /readyz answers 503 "draining" and new requests 503 through every later
+    supervision round of a healthy engine, while engine readiness (its gauge and log) keeps following
+    the engine: no "engine_unready" at the drain undone by "engine_ready, health ok" a round later (CI's
+    log once showed that flip in the middle of a drain)."""
+    with (
+        FakeEngine(content=CONTACT_OK) as fake,
+        fake_gateway(home, fake, engine_check_s=0.1) as gw,
+        gw.client() as client,
+        caplog.at_level("INFO", logger="forma.serve"),
+    ):
+        state: GatewayState = gw.app.state.gateway
+        wait_for(lambda: client.get("/readyz").status_code == 200, within=10)
+        caplog.clear()
+        state.begin_drain("SIGTERM")
+        checks = fake.log.health_checks
+        wait_for(lambda: fake.log.health_checks >= checks + 3, within=10)  # healthy rounds since
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["reason"] == "draining"
+        refused = client.post("/v1/extract/contact", json={"text": "Ann buys."})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
+        assert state.admission.engine_ready  # the engine itself is fine
+        flips = [
+            r.getMessage() for r in caplog.records if r.getMessage() in ("engine_ready", "engine_unready")
+        ]
+    assert flips == []
+
+
 def test_f2_stop_signal_while_waiting_for_the_engine_gives_up_at_once(home: Home) -> None:
     """F2 (startup half): SIGTERM while the engine is still starting must not wait out
     engine_start_timeout_s (300 s). FakeEngine(healthy=False) stands for an engine that is not up yet."""
