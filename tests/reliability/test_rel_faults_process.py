@@ -153,8 +153,12 @@ def engine_killed_under_load(url: str, proc: subprocess.Popen[bytes]) -> float:
         os.kill(old, signal.SIGKILL)
         poll_until(url, 503, within=FAIL_FAST_S)
         time.sleep(FAIL_FAST_S + 1)
+    # Pending at the kill: each answered within FAIL_FAST_S, the ones the engine still owed with 503. One
+    # the engine had finished as the kill landed (its reply in transit while the test took the time) is
+    # a correct 200: CI saw one such reply.
     caught = load.caught(killed)
-    assert caught and {o.result for o in caught} == {503}, [o.result for o in caught]
+    assert caught and {o.result for o in caught} <= {200, 503}, [o.result for o in caught]
+    assert [o for o in caught if o.result == 503], [o.result for o in caught]
     assert max(o.done for o in caught) - killed < FAIL_FAST_S
     assert {o.result for o in load.after(killed)} <= {503}  # refused at the door while it is down
     recovery = (time.monotonic() - killed) + wait_ready(url, proc, timeout=420)
